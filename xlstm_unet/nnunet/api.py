@@ -1,0 +1,214 @@
+"""Python API for notebooks: one call per step, each returning paths.
+
+    from xlstm_unet.nnunet import prepare, train, predict
+    prepare(901)                                             # fingerprint, plan, preprocess (nnU-Net's own code)
+    fold_dir = train(901, "xlstm_enc", epochs=5, iterations=10, device="cpu")
+    pred_dir = predict(fold_dir, "data/nnUNet_raw/Dataset901_Phantom2D/imagesTs", "results/pred", device="cpu")
+
+Everything runs nnU-Net's own code in this process (so nnU-Net's epoch lines and tqdm bars show in the notebook);
+the trainers are found through ``nnUNet_extTrainer``, exactly as with the CLI.
+
+On CPU, ``nnUNet_n_proc_DA`` defaults to 0 (augmentation in the training process) when the user has not set it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from xlstm_unet.nnunet.env import apply_env
+from xlstm_unet.nnunet.methods import PLANNERS, get_method
+from xlstm_unet.nnunet.trainers import STOP_AFTER_EPOCH_ENV, TrainingPaused
+from xlstm_unet.nnunet.variants import trainer_variant_name
+
+__all__ = ["prepare", "train", "predict", "model_folder", "dataset_name", "trainer_name"]
+
+log = logging.getLogger(__name__)
+
+
+def dataset_name(dataset: int | str) -> str:
+    """``DatasetXXX_Name`` for an id (901), a name, or a raw dataset folder path."""
+    apply_env()
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    if isinstance(dataset, (str, os.PathLike)) and os.sep in str(dataset):
+        dataset = Path(dataset).name
+    return maybe_convert_to_dataset_name(dataset)
+
+
+def _dataset_id(dataset: int | str) -> int:
+    return int(dataset_name(dataset)[7:10])
+
+
+def trainer_name(method: str, *, epochs: int | None = None, iterations: int | None = None,
+                 recipe: str = "paper", lr: float | None = None) -> str:
+    """The trainer class name for a method and budget, e.g. ``nnUNetTrainerXLSTMEnc_5ep_10it``."""
+    return trainer_variant_name(get_method(method).trainer, recipe=recipe, epochs=epochs, iterations=iterations,
+                                lr=lr)
+
+
+def prepare(dataset: int | str, *, configurations: Sequence[str] = ("2d",), plans: Sequence[str] = ("nnUNetPlans",),
+            num_processes: int = 2, verify: bool = True, overwrite: bool = False) -> Path:
+    """Fingerprint, plan and preprocess a converted dataset with nnU-Net's own code.
+
+    Args:
+        dataset: id, ``DatasetXXX_Name`` or raw folder.
+        configurations: nnU-Net configurations to preprocess (``2d``, ``3d_fullres``).
+        plans: plans identifiers; ``nnUNetPlans`` (default planner) and/or ``nnUNetResEncUNetMPlans`` (ResEnc M).
+        num_processes: worker processes for fingerprinting and preprocessing.
+        verify: run nnU-Net's ``verify_dataset_integrity`` first.
+        overwrite: redo steps whose outputs exist (otherwise they are skipped).
+
+    Returns:
+        The dataset's folder in ``nnUNet_preprocessed``.
+    """
+    dirs = apply_env()
+    from nnunetv2.experiment_planning import plan_and_preprocess_api as pp
+
+    name = dataset_name(dataset)
+    did = int(name[7:10])
+    out = Path(dirs["nnUNet_preprocessed"]) / name
+    unknown = [p for p in plans if p not in PLANNERS]
+    if unknown:
+        raise ValueError(f"unknown plans {unknown}; expected some of {sorted(PLANNERS)}")
+    if overwrite or not (out / "dataset_fingerprint.json").is_file():
+        pp.extract_fingerprints([did], num_processes=num_processes, check_dataset_integrity=verify, clean=True,
+                                verbose=False)
+    for plans_id in plans:
+        if overwrite or not (out / f"{plans_id}.json").is_file():
+            pp.plan_experiments([did], PLANNERS[plans_id])
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        pm = PlansManager(str(out / f"{plans_id}.json"))
+        todo = []
+        for c in configurations:
+            if c not in pm.available_configurations:
+                raise ValueError(f"configuration {c!r} is not in {out / (plans_id + '.json')}; "
+                                 f"available: {pm.available_configurations}")
+            data_dir = out / pm.get_configuration(c).data_identifier
+            if overwrite or not data_dir.is_dir() or not any(data_dir.iterdir()):
+                todo.append(c)
+        if todo:
+            pp.preprocess([did], plans_id, todo, [num_processes] * len(todo), verbose=False)
+    return out
+
+
+@contextlib.contextmanager
+def _env(**values: str | None) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def model_folder(dataset: int | str, method: str, *, configuration: str = "2d", epochs: int | None = None,
+                 iterations: int | None = None, recipe: str = "paper", lr: float | None = None) -> Path:
+    """nnU-Net's results folder ``<nnUNet_results>/<Dataset>/<trainer>__<plans>__<configuration>``."""
+    dirs = apply_env()
+    tr = trainer_name(method, epochs=epochs, iterations=iterations, recipe=recipe, lr=lr)
+    plans = get_method(method).plans
+    return Path(dirs["nnUNet_results"]) / dataset_name(dataset) / f"{tr}__{plans}__{configuration}"
+
+
+def train(dataset: int | str, method: str = "xlstm_enc", *, configuration: str = "2d", fold: int | str = 0,
+          epochs: int | None = None, iterations: int | None = None, recipe: str = "paper", lr: float | None = None,
+          device: str = "cpu", resume: bool = False, stop_after_epoch: int | None = None,
+          validate: bool = True) -> Path:
+    """Train one method on one fold with nnU-Net's own training loop.
+
+    Args:
+        dataset: id, name or raw folder of a prepared dataset (see :func:`prepare`).
+        method: a name from :data:`xlstm_unet.nnunet.methods.METHODS` (``xlstm_bot``, ``xlstm_enc``, ``nnunet``...).
+        epochs, iterations: a short budget (``None`` = nnU-Net's 1000 x 250). The trainer's name, and so the
+            results folder, says so: ``nnUNetTrainerXLSTMEnc_5ep_10it``.
+        recipe: ``"paper"`` (AdamW) or ``"official"`` (SGD); ``lr`` overrides the learning rate.
+        device: ``"cpu"`` or ``"cuda"`` (AMP on CUDA; the mLSTM runs in float32).
+        resume: continue from ``checkpoint_latest.pth`` (as ``nnUNetv2_train --c``).
+        stop_after_epoch: stop cleanly after this many epochs, keeping ``checkpoint_latest.pth`` (resume later).
+        validate: run nnU-Net's final validation on the fold's validation cases.
+
+    Returns:
+        The fold's output folder (``.../fold_0``) with ``checkpoint_final.pth`` (or ``checkpoint_latest.pth`` when
+        stopped early), ``run_config.json`` and nnU-Net's logs.
+    """
+    apply_env()
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but CUDA is not available")
+    tr = trainer_name(method, epochs=epochs, iterations=iterations, recipe=recipe, lr=lr)
+    plans = get_method(method).plans
+    env = {STOP_AFTER_EPOCH_ENV: str(stop_after_epoch) if stop_after_epoch else None}
+    if str(device) == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
+        env["nnUNet_n_proc_DA"] = "0"
+    with _env(**env):
+        trainer = get_trainer_from_args(str(_dataset_id(dataset)), configuration, fold, tr, plans,
+                                        continue_training=resume, device=torch.device(device))
+        maybe_load_checkpoint(trainer, resume, False)
+        out = Path(trainer.output_folder)
+        try:
+            trainer.run_training()
+        except TrainingPaused as paused:
+            log.info("paused after epoch %d; checkpoint %s", paused.epoch, paused.checkpoint)
+            return out
+        if validate:
+            trainer.perform_actual_validation(False)
+    return out
+
+
+def predict(model: str | os.PathLike, input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
+            folds: Sequence[int | str] | None = None, device: str = "cpu", checkpoint: str = "checkpoint_final.pth",
+            mirroring: bool = True, num_processes: int = 0) -> Path:
+    """Predict a folder of raw images (nnU-Net naming ``<case>_0000.<ext>``) with nnU-Net's predictor.
+
+    Args:
+        model: the trainer folder (``<trainer>__<plans>__<config>``) or one of its ``fold_X`` folders.
+        folds: folds to ensemble (default: the given fold, or every fold with a checkpoint).
+        num_processes: 0 predicts sequentially in this process (safest in notebooks and on CPU).
+
+    Returns:
+        ``output_dir``, holding one label map per case.
+    """
+    apply_env()
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    model = Path(model)
+    if model.name.startswith("fold_"):
+        folds = folds or [model.name[5:]]
+        model = model.parent
+    if not (model / "plans.json").is_file():
+        raise FileNotFoundError(f"{model} is not an nnU-Net model folder (no plans.json)")
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"input folder {input_dir} does not exist")
+    folds = [f if f == "all" else int(f) for f in folds] if folds else None
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+                                perform_everything_on_device=str(device).startswith("cuda"),
+                                device=torch.device(device), verbose=False, allow_tqdm=True)
+    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=checkpoint)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if num_processes == 0:
+        predictor.predict_from_files_sequential(str(input_dir), str(output_dir), save_probabilities=False,
+                                                overwrite=True)
+    else:
+        predictor.predict_from_files(str(input_dir), str(output_dir), save_probabilities=False, overwrite=True,
+                                     num_processes_preprocessing=num_processes,
+                                     num_processes_segmentation_export=num_processes)
+    return output_dir

@@ -1,0 +1,220 @@
+"""nnU-Net v2 trainers: a shared recipe/budget base and the xLSTM-UNet trainers.
+
+Every trainer of this project (ours and the baselines) derives from :class:`nnUNetTrainerRecipe`, so all methods
+share the data pipeline, the loss (nnU-Net's Dice + CE), the optimiser recipe and the training budget.
+
+- ``nnUNetTrainerRecipe``: nnU-Net's own network from the plans (PlainConvUNet for ``nnUNetPlans``,
+  ResidualEncoderUNet for ``nnUNetResEncUNetMPlans``), trained with our recipe. This is the ``nnunet`` and
+  ``resenc_m`` row.
+- ``nnUNetTrainerXLSTMBot``: :class:`~xlstm_unet.networks.XLSTMUNet`, ViL at the bottleneck.
+- ``nnUNetTrainerXLSTMEnc``: ViL at every encoder stage (the paper's description).
+- ``nnUNetTrainerXLSTMEncOfficial``: the official code's placement (3D stages >= 3; 2D alternate stages).
+
+Variants (recipe, budget, learning rate) are derived by name, see :mod:`xlstm_unet.nnunet.variants`, e.g.
+``nnUNetTrainerXLSTMEnc_official_5ep_10it``.
+
+Behaviour added to nnU-Net's trainer (nothing of nnU-Net is patched):
+
+- the optimiser comes from the recipe (:mod:`xlstm_unet.nnunet.recipes`), recorded in ``run_config.json`` in the
+  fold's output folder together with the budget and the network;
+- a non-finite training loss stops the run at once with :class:`NonFiniteLossError`, naming the epoch and iteration;
+- ``XLSTM_UNET_STOP_AFTER_EPOCH=N`` (or ``train(..., stop_after_epoch=N)``) saves ``checkpoint_latest.pth`` after
+  epoch N and exits cleanly, for time-sliced jobs; continue with ``--c`` / ``resume=True``;
+- short budgets save ``checkpoint_latest.pth`` every epoch and shorten the per-epoch validation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import ClassVar
+
+import numpy as np
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from torch import nn
+
+from xlstm_unet.nnunet.recipes import Recipe, build_optimizer, resolve_recipe
+
+__all__ = [
+    "NonFiniteLossError",
+    "TrainingPaused",
+    "STOP_AFTER_EPOCH_ENV",
+    "nnUNetTrainerRecipe",
+
+    "nnUNetTrainerXLSTMBot",
+    "nnUNetTrainerXLSTMEnc",
+    "nnUNetTrainerXLSTMEncOfficial",
+]
+
+STOP_AFTER_EPOCH_ENV = "XLSTM_UNET_STOP_AFTER_EPOCH"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf."""
+
+
+class TrainingPaused(SystemExit):
+    """Raised after the epoch named by ``XLSTM_UNET_STOP_AFTER_EPOCH``; ``checkpoint_latest.pth`` is saved.
+
+    A ``SystemExit`` with code 0, so that ``nnUNetv2_train`` exits cleanly without running the final validation.
+    """
+
+    def __init__(self, epoch: int, checkpoint: str):
+        super().__init__(0)
+        self.epoch = epoch
+        self.checkpoint = checkpoint
+
+
+class nnUNetTrainerRecipe(nnUNetTrainer):
+    """nnU-Net's trainer with our optimiser recipe and an optional short budget.
+
+    Class attributes (set by :func:`xlstm_unet.nnunet.variants.trainer_variant`, not by hand):
+        recipe: ``"paper"`` (AdamW, paper lr) or ``"official"`` (SGD 5e-3).
+        budget_epochs, budget_iterations: ``None`` keeps nnU-Net's 1000 epochs x 250 iterations.
+        lr_override: an explicit learning rate.
+        recipe_variant: ``"bot"`` or ``"enc"``, for the paper's per-variant cell learning rate.
+    """
+
+    recipe: ClassVar[str] = "paper"
+    budget_epochs: ClassVar[int | None] = None
+    budget_iterations: ClassVar[int | None] = None
+    lr_override: ClassVar[float | None] = None
+    recipe_variant: ClassVar[str | None] = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.budget_epochs is not None:
+            self.num_epochs = int(self.budget_epochs)
+        if self.budget_iterations is not None:
+            self.num_iterations_per_epoch = int(self.budget_iterations)
+            self.num_val_iterations_per_epoch = max(1, math.ceil(self.num_iterations_per_epoch / 5))
+        if self.budget_epochs is not None or self.budget_iterations is not None:
+            self.save_every = 1
+        self.resolved_recipe: Recipe = resolve_recipe(
+            self.recipe, protocol=self.dataset_protocol, variant=self.recipe_variant, lr=self.lr_override)
+        self.initial_lr = self.resolved_recipe.lr
+        self.weight_decay = self.resolved_recipe.weight_decay
+        stop = os.environ.get(STOP_AFTER_EPOCH_ENV)
+        self.stop_after_epoch: int | None = int(stop) if stop else None
+
+    @property
+    def dataset_protocol(self) -> str | None:
+        """The evaluation protocol that our converters record in ``dataset.json`` (``None`` if absent)."""
+        meta = self.dataset_json.get("xlstm_unet") or {}
+        return meta.get("protocol")
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.resolved_recipe, self.network.parameters())
+        lr_scheduler = PolyLRScheduler(optimizer, self.resolved_recipe.lr, self.num_epochs)
+        return optimizer, lr_scheduler
+
+    def run_config(self) -> dict:
+        """What this run is: trainer, recipe, budget, network; written to ``run_config.json``."""
+        import nnunetv2
+
+        import xlstm_unet
+
+        return {
+            "trainer": self.__class__.__name__,
+            "recipe": self.resolved_recipe.as_dict(),
+            "num_epochs": self.num_epochs,
+            "num_iterations_per_epoch": self.num_iterations_per_epoch,
+            "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch,
+            "full_budget": self.budget_epochs is None and self.budget_iterations is None,
+            "batch_size": self.configuration_manager.batch_size,
+            "patch_size": list(self.configuration_manager.patch_size),
+            "configuration": self.configuration_name,
+            "plans": self.plans_manager.plans_name,
+            "fold": self.fold,
+            "device": str(self.device),
+            "network": self.network_description(),
+            "versions": {"torch": torch.__version__, "nnunetv2": getattr(nnunetv2, "__version__", "2.8"),
+                         "xlstm_unet": xlstm_unet.__version__},
+        }
+
+    def network_description(self) -> dict:
+        return {"class": self.configuration_manager.network_arch_class_name}
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.local_rank == 0:
+            with open(os.path.join(self.output_folder, "run_config.json"), "w") as fh:
+                json.dump(self.run_config(), fh, indent=2)
+
+    def train_step(self, batch: dict) -> dict:
+        out = super().train_step(batch)
+        loss = np.asarray(out["loss"])
+        if not np.all(np.isfinite(loss)):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item() if loss.size == 1 else loss}) at epoch {self.current_epoch}"
+                f" of {self.__class__.__name__} ({self.output_folder}); stopping instead of training on NaN. "
+                "Try a lower learning rate, or the 'official' recipe.")
+        return out
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch
+        stop = (self.stop_after_epoch is not None and epoch + 1 >= self.stop_after_epoch
+                and epoch + 1 < self.num_epochs)
+        latest = os.path.join(self.output_folder, "checkpoint_latest.pth")
+        if stop and self.local_rank == 0:
+            self.save_checkpoint(latest)
+        super().on_epoch_end()
+        if stop:
+            self.print_to_log_file(f"Paused after epoch {epoch} ({STOP_AFTER_EPOCH_ENV}); resume with --c.")
+            for loader in (self.dataloader_train, self.dataloader_val):
+                if hasattr(loader, "_finish"):
+                    loader._finish()
+            raise TrainingPaused(epoch, latest)
+
+
+class nnUNetTrainerXLSTM(nnUNetTrainerRecipe):
+    """Base of the xLSTM-UNet trainers: builds :class:`XLSTMUNet` from the plans' stage layout.
+
+    The plans' own architecture (PlainConvUNet or ResidualEncoderUNet kwargs) gives the stages; the network class
+    is replaced by ``xlstm_unet.networks.XLSTMUNet`` with this trainer's ViL placement, and the configuration's patch
+    size is passed in for the channel-token rule. So the ordinary ``nnUNetPlans`` work, with no extra planning.
+    """
+
+    vil_placement: ClassVar[str] = "enc"
+    vil_kwargs: ClassVar[dict] = {}
+    network_class_name: ClassVar[str] = "xlstm_unet.networks.XLSTMUNet"
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        arch_kwargs = dict(configuration_manager.network_arch_init_kwargs)
+        arch_kwargs.update(vil_placement=cls.vil_placement, vil_kwargs=dict(cls.vil_kwargs),
+                           patch_size=list(configuration_manager.patch_size))
+        return get_network_from_plans(
+            cls.network_class_name, arch_kwargs, configuration_manager.network_arch_init_kwargs_req_import,
+            num_input_channels, num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
+
+    def network_description(self) -> dict:
+        return {"class": self.network_class_name, "vil_placement": self.vil_placement,
+                "vil_kwargs": dict(self.vil_kwargs)}
+
+
+class nnUNetTrainerXLSTMBot(nnUNetTrainerXLSTM):
+    """xLSTM-UNet Bot: ViL at the bottleneck only."""
+
+    vil_placement = "bot"
+    recipe_variant = "bot"
+
+
+class nnUNetTrainerXLSTMEnc(nnUNetTrainerXLSTM):
+    """xLSTM-UNet Enc: ViL at every encoder stage, as the paper describes (linear-time chunkwise mLSTM)."""
+
+    vil_placement = "enc"
+    recipe_variant = "enc"
+
+
+class nnUNetTrainerXLSTMEncOfficial(nnUNetTrainerXLSTM):
+    """xLSTM-UNet Enc with the official code's placement (3D: stages >= 3; 2D: alternate stages)."""
+
+    vil_placement = "enc_official"
+    recipe_variant = "enc"
