@@ -49,3 +49,39 @@ def shared_dataset(name: str):
 kvasir_dir = shared_dataset("kvasir_seg")
 ctc_dir = shared_dataset("ctc_nuclei")
 pgbm_dir = shared_dataset("pgbm_brain_mri")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nnU-Net folders for the session: one temporary tree, with a small prepared phantom shared by the nnU-Net,
+# experiment and notebook tests (conversion + planning + preprocessing once per session).
+
+@pytest.fixture(scope="session")
+def nnunet_root(tmp_path_factory) -> Path:
+    """Point nnU-Net's three variables at a session temp folder (restored afterwards)."""
+    root = tmp_path_factory.mktemp("nnunet")
+    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+    old = {k: os.environ.get(k) for k in names}
+    for k in names:
+        (root / k).mkdir()
+        os.environ[k] = str(root / k)
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+PHANTOM2D_ID = 901
+
+
+@pytest.fixture(scope="session")
+def phantom2d_prepared(nnunet_root: Path) -> str:
+    """A small 2D phantom (synthetic), converted, planned and preprocessed; returns its dataset name."""
+    from xlstm_unet.datasets import convert
+    from xlstm_unet.nnunet import prepare
+
+    raw = convert("phantom2d", out_root=nnunet_root / "nnUNet_raw", dataset_id=PHANTOM2D_ID, seed=0,
+                  n_train=10, n_test=3, shape=(64, 64))
+    prepare(PHANTOM2D_ID, configurations=("2d",), num_processes=1)
+    return raw.name
