@@ -1,0 +1,298 @@
+"""``xlstm-unet run-all CONFIG.yaml``: run a set of experiment notebooks with papermill.
+
+Config (YAML)::
+
+    base_dir: ..                     # optional; relative paths below are resolved against it. It is itself
+                                     # relative to the config file. Default: the current working directory.
+    output_dir: results/batch        # executed notebooks and done-markers go here
+    kernel: python3                  # optional; default python3 (the current interpreter's ipykernel)
+    timeout: null                    # optional; per-cell timeout in seconds
+    parameters: {device: cpu}        # optional; defaults for every experiment
+    experiments:
+      - name: kvasir_seg             # unique; [A-Za-z0-9_.-]+
+        notebook: notebooks/10_kvasir_seg.ipynb
+        parameters: {epochs: 5}      # merged over the defaults above
+        results: [results/kvasir_seg/summary.json]   # optional; files the run must produce
+
+Notebooks run with ``base_dir`` as their working directory, so relative paths in ``parameters`` are relative to
+it too.
+
+Per experiment the executed notebook is kept at ``<output_dir>/<name>.ipynb`` (also when it fails, with the error
+in it), and a marker ``<output_dir>/<name>.done.json`` (notebook, parameters, finish time) is written atomically
+after a successful run whose ``results`` files all exist.
+
+An experiment counts as **done** (and is skipped unless ``--force``) when its marker exists, records the same
+notebook and parameters as the config now has, the executed notebook exists, and every ``results`` file exists.
+Changing an experiment's parameters therefore re-runs it.
+
+Failures do not stop the batch: the summary lists each experiment as ``ok``, ``skipped`` or ``failed`` with the
+error line (``ExceptionName: message`` from the notebook, or the problem with the config entry), and the command
+exits with status 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Experiment",
+    "BatchConfig",
+    "Status",
+    "RunResult",
+    "load_config",
+    "is_done",
+    "run_experiment",
+    "run_all",
+    "format_summary",
+    "register",
+]
+
+log = logging.getLogger(__name__)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class Status(str, Enum):
+    OK = "ok"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One notebook run: ``notebook`` executed with ``parameters``; ``results`` are the files it must produce."""
+
+    name: str
+    notebook: Path
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    results: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """A parsed config: the base (and working) folder, where outputs go, the kernel, the per-cell timeout, and the experiments in order."""
+
+    path: Path
+    base_dir: Path
+    output_dir: Path
+    kernel: str
+    timeout: float | None
+    experiments: tuple[Experiment, ...]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Outcome of one experiment: status, the error line for failures, the executed notebook, seconds taken."""
+
+    name: str
+    status: Status
+    error: str = ""
+    output_notebook: Path | None = None
+    seconds: float = 0.0
+
+
+def _err(path: Path, msg: str) -> ValueError:
+    return ValueError(f"{path}: {msg}")
+
+
+def load_config(path: str | os.PathLike) -> BatchConfig:
+    """Read and check a batch config (see the module docstring); errors name the file and the entry."""
+    path = Path(path)
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise _err(path, "config file not found") from err
+    except yaml.YAMLError as err:
+        raise _err(path, f"not valid YAML ({err})") from err
+    if not isinstance(raw, dict):
+        raise _err(path, f"expected a mapping at the top level, got {type(raw).__name__}")
+    allowed = {"base_dir", "output_dir", "kernel", "timeout", "parameters", "experiments"}
+    extra = set(raw) - allowed
+    if extra:
+        raise _err(path, f"unknown keys {sorted(extra)}; allowed: {sorted(allowed)}")
+    base = (path.parent / raw["base_dir"]).resolve() if raw.get("base_dir") is not None else Path.cwd()
+
+    def resolve(p: Any, what: str) -> Path:
+        if not isinstance(p, str) or not p:
+            raise _err(path, f"{what} must be a non-empty string, got {p!r}")
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else base / q
+
+    if "output_dir" not in raw:
+        raise _err(path, "missing 'output_dir'")
+    defaults = raw.get("parameters") or {}
+    if not isinstance(defaults, dict):
+        raise _err(path, f"'parameters' must be a mapping, got {type(defaults).__name__}")
+    entries = raw.get("experiments")
+    if not isinstance(entries, list) or not entries:
+        raise _err(path, "'experiments' must be a non-empty list")
+    experiments = []
+    names: set[str] = set()
+    for i, e in enumerate(entries):
+        where = f"experiments[{i}]"
+        if not isinstance(e, dict):
+            raise _err(path, f"{where} must be a mapping, got {type(e).__name__}")
+        extra = set(e) - {"name", "notebook", "parameters", "results"}
+        if extra:
+            raise _err(path, f"{where}: unknown keys {sorted(extra)}")
+        name = e.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise _err(path, f"{where}: 'name' must match [A-Za-z0-9_.-]+, got {name!r}")
+        if name in names:
+            raise _err(path, f"{where}: duplicate name {name!r}")
+        names.add(name)
+        params = e.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise _err(path, f"{where} ({name}): 'parameters' must be a mapping")
+        results = e.get("results") or []
+        if isinstance(results, str):
+            results = [results]
+        experiments.append(Experiment(
+            name=name,
+            notebook=resolve(e.get("notebook"), f"{where} ({name}).notebook"),
+            parameters={**defaults, **params},
+            results=tuple(resolve(r, f"{where} ({name}).results") for r in results),
+        ))
+    timeout = raw.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise _err(path, f"'timeout' must be a positive number of seconds or null, got {timeout!r}")
+    kernel = raw.get("kernel") or "python3"
+    return BatchConfig(path=path, base_dir=base, output_dir=resolve(raw["output_dir"], "output_dir"), kernel=str(kernel),
+                       timeout=timeout, experiments=tuple(experiments))
+
+
+def _paths(cfg: BatchConfig, exp: Experiment) -> tuple[Path, Path]:
+    return cfg.output_dir / f"{exp.name}.ipynb", cfg.output_dir / f"{exp.name}.done.json"
+
+
+def _marker_payload(exp: Experiment) -> dict[str, Any]:
+    return {"notebook": str(exp.notebook), "parameters": json.loads(json.dumps(dict(exp.parameters), default=str))}
+
+
+def is_done(cfg: BatchConfig, exp: Experiment) -> bool:
+    """Whether ``exp`` already ran with the same notebook and parameters and left its outputs (module docstring)."""
+    out_nb, marker = _paths(cfg, exp)
+    if not (marker.is_file() and out_nb.is_file() and all(p.exists() for p in exp.results)):
+        return False
+    try:
+        recorded = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    want = _marker_payload(exp)
+    return recorded.get("notebook") == want["notebook"] and recorded.get("parameters") == want["parameters"]
+
+
+def _error_line(err: BaseException) -> str:
+    ename = getattr(err, "ename", None)
+    if ename:  # papermill.PapermillExecutionError
+        evalue = str(getattr(err, "evalue", "")).strip().splitlines()
+        return f"{ename}: {evalue[-1] if evalue else ''}".rstrip(": ")
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
+
+
+def run_experiment(cfg: BatchConfig, exp: Experiment, force: bool = False, progress_bar: bool = False) -> RunResult:
+    """Run one experiment unless it is done (or ``force``); never raises for a failing notebook."""
+    import papermill as pm
+
+    out_nb, marker = _paths(cfg, exp)
+    if not force and is_done(cfg, exp):
+        return RunResult(exp.name, Status.SKIPPED, output_notebook=out_nb)
+    t0 = time.perf_counter()
+    marker.unlink(missing_ok=True)
+    if not exp.notebook.is_file():
+        return RunResult(exp.name, Status.FAILED, f"FileNotFoundError: notebook {exp.notebook} not found")
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    log.info("running %s: %s -> %s", exp.name, exp.notebook, out_nb)
+    try:
+        pm.execute_notebook(
+            str(exp.notebook), str(out_nb), parameters=dict(exp.parameters), kernel_name=cfg.kernel,
+            cwd=str(cfg.base_dir), progress_bar=progress_bar, execution_timeout=cfg.timeout,
+        )
+    except Exception as err:  # noqa: BLE001 - any failure of one experiment is reported, the batch goes on
+        return RunResult(exp.name, Status.FAILED, _error_line(err),
+                         out_nb if out_nb.is_file() else None, time.perf_counter() - t0)
+    missing = [str(p) for p in exp.results if not p.exists()]
+    if missing:
+        return RunResult(exp.name, Status.FAILED, f"missing results: {', '.join(missing)}", out_nb,
+                         time.perf_counter() - t0)
+    payload = {**_marker_payload(exp), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "seconds": round(time.perf_counter() - t0, 2)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{marker.name}.", dir=marker.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2)
+    os.replace(tmp, marker)
+    return RunResult(exp.name, Status.OK, output_notebook=out_nb, seconds=time.perf_counter() - t0)
+
+
+def run_all(cfg: BatchConfig | str | os.PathLike, force: bool = False, only: Sequence[str] | None = None,
+            progress_bar: bool = False) -> list[RunResult]:
+    """Run the experiments of a config in order (``only``: just these names), continuing past failures."""
+    if not isinstance(cfg, BatchConfig):
+        cfg = load_config(cfg)
+    exps = list(cfg.experiments)
+    if only:
+        unknown = sorted(set(only) - {e.name for e in exps})
+        if unknown:
+            raise ValueError(f"{cfg.path}: --only names {unknown} not in the config; have {[e.name for e in exps]}")
+        exps = [e for e in exps if e.name in set(only)]
+    results = []
+    for exp in exps:
+        res = run_experiment(cfg, exp, force=force, progress_bar=progress_bar)
+        log.info("%s: %s %s", res.name, res.status.value, res.error)
+        results.append(res)
+    return results
+
+
+def format_summary(results: Sequence[RunResult]) -> str:
+    """One line per experiment (``ok`` / ``skipped`` / ``failed: <error line>``) and a totals line."""
+    width = max((len(r.name) for r in results), default=0)
+    lines = []
+    for r in results:
+        tail = {Status.OK: f"ok ({r.seconds:.1f} s)", Status.SKIPPED: "skipped (results exist; --force to rerun)",
+                Status.FAILED: f"FAILED: {r.error}"}[r.status]
+        nb = f"  [{r.output_notebook}]" if r.output_notebook is not None and r.status is not Status.SKIPPED else ""
+        lines.append(f"{r.name:<{width}}  {tail}{nb}")
+    counts = {s: sum(r.status is s for r in results) for s in Status}
+    lines.append(f"{counts[Status.OK]} ok, {counts[Status.SKIPPED]} skipped, {counts[Status.FAILED]} failed")
+    return "\n".join(lines)
+
+
+def _cmd_run_all(args: argparse.Namespace) -> int:
+    try:
+        results = run_all(args.config, force=args.force, only=args.only, progress_bar=args.progress)
+    except ValueError as err:
+        sys.stderr.write(f"xlstm-unet run-all: {err}\n")
+        return 2
+    sys.stdout.write(format_summary(results) + "\n")
+    return 1 if any(r.status is Status.FAILED for r in results) else 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``run-all`` to the ``xlstm-unet`` command."""
+    p = subparsers.add_parser(
+        "run-all",
+        help="run the experiment notebooks of a YAML config with papermill",
+        description=(__doc__ or "").split("\n\n")[0],
+    )
+    p.add_argument("config", help="YAML config listing the experiments (see experiments/*.yaml)")
+    p.add_argument("--force", action="store_true", help="re-run experiments whose results already exist")
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="run only this experiment (repeatable)")
+    p.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bar")
+    p.set_defaults(func=_cmd_run_all)
+    return p

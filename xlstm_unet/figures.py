@@ -1,0 +1,673 @@
+"""Results tables in the paper's format, Fig. 2-style panels, efficiency plots, and the shared label colours.
+
+Everything here reads files written by the experiment pipeline and the benchmarks; nothing trains or predicts.
+
+Results layout read by :func:`load_per_case` / :func:`results_table` (written by :mod:`xlstm_unet.experiment`)::
+
+    <results_root>/<DatasetName>/<method>/per_case.csv   column "case", then metric columns (dice_mean, nsd_mean, ...)
+
+Benchmark JSON read by the efficiency functions (contracts of ``benchmarks/vil_scaling.py --json`` and
+``benchmarks/train_step.py --json``)::
+
+    vil_scaling: {"device", "dim", "batch", "rows": [{"backend", "S", "fwd_bwd_s", "peak_mb"}, ...], ...}
+    train_step:  {"device", "rows": [{"model", "dim", "size", "batch", "params", "step_s", "peak_mb"}, ...]}
+
+Colours: label ``k`` has the same colour in every figure and in the slice viewer (:func:`label_colors`); background
+(label 0) is never drawn.
+
+Number conventions in tables: mean ± std over test cases, ``std`` with ``ddof=0`` (``numpy.std``, as in
+U-Mamba's evaluation scripts), NaN per-case values (undefined metrics) left out and counted in ``n`` only when
+finite. A (dataset, method) pair without a ``per_case.csv`` is shown as ``"not run"``, never as a number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from xlstm_unet import paper_results
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+    from xlstm_unet.viewer import ViewerData
+
+__all__ = [
+    "NOT_RUN",
+    "NOT_IN_PAPER",
+    "label_colors",
+    "label_colormap",
+    "normalize_intensity",
+    "overlay_labels",
+    "load_per_case",
+    "results_numbers",
+    "results_table",
+    "table_to_markdown",
+    "save_table",
+    "Fig2Result",
+    "fig2_panel",
+    "load_benchmark",
+    "vil_scaling_table",
+    "train_step_table",
+    "plot_vil_scaling",
+    "plot_train_step",
+]
+
+log = logging.getLogger(__name__)
+
+#: Cell text for a (dataset, method) pair without results.
+NOT_RUN = "not run"
+#: Cell text where the paper reports no number.
+NOT_IN_PAPER = "—"
+
+# --------------------------------------------------------------------------------------------------------------
+# Colours
+# --------------------------------------------------------------------------------------------------------------
+
+# Fixed palette for labels 1, 2, 3, ... (matplotlib's tab10 order with red first, which reads best on MRI).
+_PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.839, 0.153, 0.157),  # 1 red
+    (0.173, 0.627, 0.173),  # 2 green
+    (0.122, 0.467, 0.706),  # 3 blue
+    (1.000, 0.498, 0.055),  # 4 orange
+    (0.580, 0.404, 0.741),  # 5 purple
+    (0.090, 0.745, 0.812),  # 6 cyan
+    (0.890, 0.467, 0.761),  # 7 pink
+    (0.737, 0.741, 0.133),  # 8 olive
+    (0.549, 0.337, 0.294),  # 9 brown
+    (0.498, 0.498, 0.498),  # 10 grey
+)
+
+
+def label_colors(num_classes: int) -> np.ndarray:
+    """RGB colours for labels ``0 .. num_classes-1``; label k has the same colour for every ``num_classes``.
+
+    Returns:
+        (num_classes, 3) float array in [0, 1]. Row 0 (background) is black and is never drawn by
+        :func:`overlay_labels`. Labels beyond the 10-colour palette get evenly spaced hues.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    import matplotlib.colors as mcolors
+
+    out = np.zeros((num_classes, 3), dtype=np.float64)
+    for k in range(1, num_classes):
+        if k <= len(_PALETTE):
+            out[k] = _PALETTE[k - 1]
+        else:  # golden-ratio hue steps: distinct and stable for any k
+            hue = ((k - len(_PALETTE)) * 0.618033988749895) % 1.0
+            out[k] = mcolors.hsv_to_rgb((hue, 0.75, 0.95))
+    return out
+
+
+def label_colormap(num_classes: int):
+    """A matplotlib ``ListedColormap`` for label maps: background transparent, label k = ``label_colors[k]``.
+
+    Use with ``imshow(labels, cmap=label_colormap(n), vmin=0, vmax=n - 1, interpolation="nearest")``.
+    """
+    from matplotlib.colors import ListedColormap
+
+    rgba = np.concatenate([label_colors(num_classes), np.ones((num_classes, 1))], axis=1)
+    rgba[0, 3] = 0.0
+    return ListedColormap(rgba, name=f"xlstm_unet_labels_{num_classes}")
+
+
+def normalize_intensity(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """Scale intensities to [0, 1] by the ``low``/``high`` percentiles (clipped); a constant image maps to 0.
+
+    Args:
+        image: any shape; finite values are used for the percentiles.
+        low, high: percentiles, ``0 <= low < high <= 100``.
+    Returns:
+        float32 array, same shape.
+    """
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"expected 0 <= low < high <= 100, got low={low}, high={high}")
+    arr = np.asarray(image, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        return np.zeros(arr.shape, dtype=np.float32)
+    lo, hi = np.percentile(finite, [low, high])
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.float32)
+    return np.clip((np.nan_to_num(arr, nan=lo) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def overlay_labels(
+    image: np.ndarray, labels: np.ndarray | None, opacity: float = 0.5, num_classes: int | None = None
+) -> np.ndarray:
+    """Blend a label map over a 2D image with the shared colours.
+
+    Args:
+        image: (H, W) grey values in [0, 1], or (H, W, 3) RGB in [0, 1].
+        labels: (H, W) integer labels (0 = background, left uncoloured), or None for the image alone.
+        opacity: weight of the label colour, in [0, 1].
+        num_classes: colours to prepare (default ``labels.max() + 1``).
+    Returns:
+        (H, W, 3) float64 RGB in [0, 1]: ``(1 - opacity) * image + opacity * colour`` where ``labels > 0``.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 2:
+        rgb = np.repeat(img[..., None], 3, axis=-1)  # (H, W, 3)
+    elif img.ndim == 3 and img.shape[-1] == 3:
+        rgb = img.copy()
+    else:
+        raise ValueError(f"image must be (H, W) or (H, W, 3), got shape {img.shape}")
+    if labels is None:
+        return rgb
+    lab = np.asarray(labels)
+    if lab.shape != rgb.shape[:2]:
+        raise ValueError(f"labels shape {lab.shape} does not match image shape {rgb.shape[:2]}")
+    if lab.size and lab.min() < 0:
+        raise ValueError(f"labels must be >= 0, got minimum {lab.min()}")
+    lab = lab.astype(np.int64)
+    n = int(num_classes) if num_classes is not None else int(lab.max(initial=0)) + 1
+    if lab.size and lab.max() >= n:
+        raise ValueError(f"label {lab.max()} out of range for num_classes={n}")
+    colours = label_colors(max(n, 1))[lab]  # (H, W, 3)
+    fg = (lab > 0)[..., None]
+    return np.where(fg, (1.0 - opacity) * rgb + opacity * colours, rgb)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results tables
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_per_case(results_roots: str | os.PathLike | Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """Read every ``<root>/<DatasetName>/<method>/per_case.csv`` into one long table.
+
+    Args:
+        results_roots: one results root or several (later roots do not override earlier ones: a duplicate
+            (dataset, method) raises).
+    Returns:
+        DataFrame with columns ``dataset, method, case, metric, value`` (value float; NaN kept).
+    Raises:
+        ValueError: a per_case.csv without a ``case`` column, or the same (dataset, method) in two roots.
+    """
+    roots = [results_roots] if isinstance(results_roots, (str, os.PathLike)) else list(results_roots)
+    frames: list[pd.DataFrame] = []
+    seen: dict[tuple[str, str], Path] = {}
+    for root in map(Path, roots):
+        for csv in sorted(root.glob("*/*/per_case.csv")):
+            method, dataset = csv.parent.name, csv.parent.parent.name
+            if (dataset, method) in seen:
+                raise ValueError(f"{csv}: ({dataset}, {method}) already read from {seen[(dataset, method)]}")
+            seen[(dataset, method)] = csv
+            df = pd.read_csv(csv)
+            if "case" not in df.columns:
+                raise ValueError(f"{csv}: expected a 'case' column, got columns {list(df.columns)}")
+            long = df.melt(id_vars="case", var_name="metric", value_name="value")
+            long["value"] = pd.to_numeric(long["value"], errors="coerce")
+            long.insert(0, "method", method)
+            long.insert(0, "dataset", dataset)
+            frames.append(long)
+    if not frames:
+        return pd.DataFrame(columns=["dataset", "method", "case", "metric", "value"])
+    out = pd.concat(frames, ignore_index=True)
+    out["case"] = out["case"].astype(str)
+    return out
+
+
+def _as_records(source: Any) -> pd.DataFrame:
+    if isinstance(source, pd.DataFrame):
+        required = {"dataset", "method", "case", "metric", "value"}
+        if not required <= set(source.columns):
+            raise ValueError(f"records need columns {sorted(required)}, got {list(source.columns)}")
+        return source
+    return load_per_case(source)
+
+
+def _paired_p(a: np.ndarray, b: np.ndarray) -> float:
+    from xlstm_unet.metrics import paired_comparison
+
+    return float(paired_comparison(a, b, n_boot=1000, seed=0)["p_value"])
+
+
+def results_numbers(
+    source: Any,
+    datasets: Sequence[str] | Mapping[str, str | None],
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    paper: bool = True,
+    reference: str | None = "xlstm_enc",
+) -> pd.DataFrame:
+    """The numbers behind :func:`results_table`, one row per (dataset, method, metric).
+
+    Args:
+        source: a results root, a list of them, or a long records DataFrame (``dataset, method, case, metric,
+            value``, as from :func:`load_per_case`).
+        datasets: dataset folder names (``Dataset901_Phantom2D``), or a mapping from folder name to the paper's
+            dataset key (see :data:`xlstm_unet.paper_results.PAPER_DATASETS`; ``None`` = not in the paper). With a
+            plain sequence, the key is guessed by :func:`xlstm_unet.paper_results.match_dataset`.
+        methods: method names (rows), in order.
+        metrics: per_case.csv column names (``dice_mean``, ``nsd_mean``, ``f1``, ``dice_WT``, ...).
+        paper: look up the paper's reported value for each cell.
+        reference: method to compare against with :func:`xlstm_unet.metrics.paired_comparison` (paired over the
+            cases both methods have a finite value for); None for no comparison.
+    Returns:
+        DataFrame with columns ``dataset, method, metric, run, n, mean, std, median, paper_mean, paper_std,
+        paper_note, p_value, n_paired``. ``run`` is False where the method has no results for the dataset (then
+        every number is NaN); ``p_value`` is NaN for the reference row, for missing pairs and for fewer than 2
+        paired cases.
+    """
+    records = _as_records(source)
+    ds_map: dict[str, str | None]
+    if isinstance(datasets, Mapping):
+        ds_map = dict(datasets)
+    else:
+        ds_map = {d: paper_results.match_dataset(d) for d in datasets}
+    rows = []
+    for ds, paper_key in ds_map.items():
+        ds_rec = records[records["dataset"] == ds]
+        for metric in metrics:
+            m_rec = ds_rec[ds_rec["metric"] == metric]
+            per_method = {
+                m: m_rec[m_rec["method"] == m].set_index("case")["value"].astype(float) for m in methods
+            }
+            ref_vals = None
+            if reference is not None:
+                ref_rec = m_rec[m_rec["method"] == reference]
+                ref_vals = ref_rec.set_index("case")["value"].astype(float) if len(ref_rec) else None
+            for method in methods:
+                vals = per_method[method]
+                run = bool(len(ds_rec[ds_rec["method"] == method]))
+                finite = vals[np.isfinite(vals.to_numpy())]
+                row: dict[str, Any] = {
+                    "dataset": ds,
+                    "method": method,
+                    "metric": metric,
+                    "run": run,
+                    "n": int(finite.size),
+                    "mean": float(np.mean(finite)) if finite.size else math.nan,
+                    "std": float(np.std(finite)) if finite.size else math.nan,
+                    "median": float(np.median(finite)) if finite.size else math.nan,
+                    "paper_mean": math.nan,
+                    "paper_std": math.nan,
+                    "paper_note": "",
+                    "p_value": math.nan,
+                    "n_paired": 0,
+                }
+                if run and not len(vals):
+                    warnings.warn(f"{ds}/{method}: per_case.csv has no column {metric!r}", stacklevel=2)
+                if paper and paper_key is not None:
+                    pv = paper_results.paper_value(paper_key, method, metric)
+                    if pv is not None:
+                        row["paper_mean"], row["paper_std"], row["paper_note"] = pv.mean_fraction, pv.std_fraction, pv.note
+                if ref_vals is not None and method != reference and finite.size:
+                    joined = pd.concat([finite.rename("a"), ref_vals.rename("b")], axis=1, join="inner").dropna()
+                    row["n_paired"] = int(len(joined))
+                    if len(joined) >= 2:
+                        row["p_value"] = _paired_p(joined["a"].to_numpy(), joined["b"].to_numpy())
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt_ms(mean: float, std: float, digits: int) -> str:
+    if math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return NOT_IN_PAPER
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def results_table(
+    source: Any,
+    datasets: Sequence[str] | Mapping[str, str | None],
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    paper: bool = True,
+    reference: str | None = "xlstm_enc",
+    digits: int = 4,
+) -> pd.DataFrame:
+    """A results table in the paper's format: rows = methods, columns = (dataset, metric, what).
+
+    For each (dataset, metric) there are columns ``measured`` (``mean ± std`` over test cases), ``paper`` (the
+    paper's reported ``mean ± std``, converted to the same scale; ``—`` where the paper has none; a trailing
+    ``*`` marks a value the paper reports for "Ours" without naming the variant) and ``p vs <reference>`` (paired
+    Wilcoxon p-value from :func:`xlstm_unet.metrics.paired_comparison`; ``ref`` in the reference row). A method
+    without results shows ``not run`` in every cell, never a number.
+
+    Args: see :func:`results_numbers`; ``digits`` is the number of decimals.
+    Returns:
+        DataFrame of strings with a 3-level column MultiIndex (dataset, metric, what) and the methods as index.
+        Export with :func:`table_to_markdown` or :func:`save_table`.
+    """
+    nums = results_numbers(source, datasets, methods, metrics, paper=paper, reference=reference)
+    p_col = f"p vs {reference}" if reference is not None else None
+    cols: list[tuple[str, str, str]] = []
+    data: dict[tuple[str, str, str], list[str]] = {}
+    for ds in (datasets.keys() if isinstance(datasets, Mapping) else datasets):
+        for metric in metrics:
+            sub = nums[(nums["dataset"] == ds) & (nums["metric"] == metric)].set_index("method")
+            whats = ["measured"] + (["paper"] if paper else []) + ([p_col] if p_col else [])
+            for what in whats:
+                key = (ds, metric, what)
+                cols.append(key)
+                cells = []
+                for method in methods:
+                    r = sub.loc[method]
+                    if what == "paper":
+                        cells.append(
+                            NOT_IN_PAPER if math.isnan(r["paper_mean"])
+                            else _fmt_ms(r["paper_mean"], r["paper_std"], digits) + ("*" if r["paper_note"] else "")
+                        )
+                    elif not r["run"]:
+                        cells.append(NOT_RUN)
+                    elif what == "measured":
+                        cells.append(NOT_IN_PAPER if r["n"] == 0 else _fmt_ms(r["mean"], r["std"], digits))
+                    elif method == reference:
+                        cells.append("ref")
+                    else:
+                        cells.append(_fmt_p(r["p_value"]))
+                data[key] = cells
+    table = pd.DataFrame(data, index=pd.Index(list(methods), name="method"), columns=pd.MultiIndex.from_tuples(cols))
+    return table
+
+
+def table_to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table; MultiIndex column levels are joined with `` · ``."""
+    def cell(x: Any) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    if isinstance(table.columns, pd.MultiIndex):
+        headers = [" · ".join(str(p) for p in c if str(p)) for c in table.columns]
+    else:
+        headers = [str(c) for c in table.columns]
+    index_name = table.index.name or ""
+    lines = [
+        "| " + " | ".join([cell(index_name)] + [cell(h) for h in headers]) + " |",
+        "|" + "---|" * (len(headers) + 1),
+    ]
+    for idx, row in table.iterrows():
+        lines.append("| " + " | ".join([cell(idx)] + [cell(v) for v in row.tolist()]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_table(table: pd.DataFrame, path_stem: str | os.PathLike) -> dict[str, Path]:
+    """Write ``<stem>.md`` and ``<stem>.csv`` (each atomically: temp file, then rename); returns both paths."""
+    stem = Path(path_stem)
+    md, csv = stem.with_suffix(".md"), stem.with_suffix(".csv")
+    flat = table.copy()
+    if isinstance(flat.columns, pd.MultiIndex):
+        flat.columns = [" · ".join(str(p) for p in c if str(p)) for c in flat.columns]
+    _atomic_write_text(md, table_to_markdown(table))
+    _atomic_write_text(csv, flat.to_csv())
+    return {"md": md, "csv": csv}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fig. 2
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fig2Result:
+    """What :func:`fig2_panel` wrote: the figure, its files, and its grid (rows = cases, columns = panels)."""
+
+    figure: Figure
+    png: Path
+    pdf: Path
+    rows: int
+    columns: tuple[str, ...]
+
+
+def _save_figure(fig: Figure, stem: Path, dpi: int) -> dict[str, Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for ext in ("png", "pdf"):
+        final = stem.with_suffix(f".{ext}")
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".{ext}", dir=final.parent)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        out[ext] = final
+    return out
+
+
+def fig2_panel(
+    data: ViewerData,
+    out_stem: str | os.PathLike,
+    cases: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    axis: str = "axial",
+    slice_index: int | Mapping[str, int] | None = None,
+    channel: int | None = None,
+    opacity: float = 0.6,
+    panel_size: float = 2.2,
+    dpi: int = 150,
+    show_dice: bool = True,
+) -> Fig2Result:
+    """A Fig. 2-style panel: one row per case, columns image | ground truth | each method, coloured overlays.
+
+    Args:
+        data: cases with images, ground truth and predictions (:class:`xlstm_unet.viewer.ViewerData`).
+        out_stem: output path without suffix; ``<stem>.png`` and ``<stem>.pdf`` are written.
+        cases: case names (rows), default all cases of ``data``.
+        methods: methods (columns after image and ground truth), default all methods of ``data``.
+        axis: for 3D cases, ``axial`` / ``coronal`` / ``sagittal`` (array axes 0 / 1 / 2).
+        slice_index: for 3D cases, the slice (one int for all, or per case); default the slice with the most
+            ground-truth foreground.
+        channel: image channel shown; default the one from :meth:`ViewerData.default_channel` (RGB images are
+            shown in colour).
+        opacity: overlay opacity in [0, 1].
+        show_dice: write each prediction's Dice for the case (mean over foreground labels) under its panel.
+    Returns:
+        :class:`Fig2Result` with the figure (closed for drawing; re-open with ``fig.savefig``) and the paths.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    cases = list(cases) if cases is not None else data.case_names
+    methods = list(methods) if methods is not None else data.methods
+    unknown = [m for m in methods if m not in data.methods]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; data has {data.methods}")
+    if not cases:
+        raise ValueError("fig2_panel needs at least one case")
+    columns = ("image", "ground truth", *methods)
+    nrows, ncols = len(cases), len(columns)
+    fig = Figure(figsize=(panel_size * ncols, panel_size * nrows + 0.5), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(nrows, ncols, squeeze=False))  # (rows, cols)
+    for r, case in enumerate(cases):
+        idx = slice_index.get(case) if isinstance(slice_index, Mapping) else slice_index
+        view = data.view(case, axis=axis, index=idx, channel=channel)
+        panels = data.panels(case, view, methods=methods, opacity=opacity)
+        for c, name in enumerate(columns):
+            ax = axes[r, c]
+            ax.imshow(panels[name], interpolation="nearest", aspect=view.aspect)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(case if view.index is None else f"{case}\n{axis} {view.index}", fontsize=8)
+            if show_dice and c >= 2:
+                d = data.dice(case, name)
+                ax.set_xlabel("Dice n/a" if math.isnan(d) else f"Dice {d:.3f}", fontsize=8)
+    handles = [
+        Patch(color=label_colors(data.num_classes)[k], label=data.label_name(k)) for k in range(1, data.num_classes)
+    ]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    paths = _save_figure(fig, Path(out_stem), dpi)
+    log.info("Fig. 2 panel written: %s, %s", paths["png"], paths["pdf"])
+    return Fig2Result(figure=fig, png=paths["png"], pdf=paths["pdf"], rows=nrows, columns=columns)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Efficiency (benchmark JSON)
+# --------------------------------------------------------------------------------------------------------------
+
+_VIL_ROW = {"backend": str, "S": int, "fwd_bwd_s": float, "peak_mb": float}
+_STEP_ROW = {"model": str, "dim": int, "size": list, "batch": int, "params": int, "step_s": float, "peak_mb": float}
+
+
+def _check_rows(obj: Any, schema: dict[str, type], where: str) -> list[dict[str, Any]]:
+    if not isinstance(obj, dict) or not isinstance(obj.get("rows"), list):
+        raise ValueError(f"{where}: expected a JSON object with a 'rows' list, got {type(obj).__name__}")
+    for i, row in enumerate(obj["rows"]):
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: rows[{i}] must be an object, got {type(row).__name__}")
+        missing = [k for k in schema if k not in row]
+        if missing:
+            raise ValueError(f"{where}: rows[{i}] lacks {missing}; expected keys {list(schema)}")
+        for key, typ in schema.items():
+            val = row[key]
+            ok = isinstance(val, (int, float)) and not isinstance(val, bool) if typ is float else isinstance(val, typ)
+            if typ is int and isinstance(val, bool):
+                ok = False
+            if not ok and val is not None:
+                raise ValueError(f"{where}: rows[{i}][{key!r}] should be {typ.__name__}, got {val!r}")
+    return obj["rows"]
+
+
+def load_benchmark(path_or_obj: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """Read a benchmark JSON (file or parsed object) and check its schema; kind is detected from the rows.
+
+    Returns:
+        The object, with ``"kind"`` added: ``"vil_scaling"`` or ``"train_step"``.
+    Raises:
+        ValueError: naming the file and the first schema problem. ``None`` values are allowed (a row that did
+        not finish, e.g. out of memory) and are drawn as gaps.
+    """
+    where = str(path_or_obj) if not isinstance(path_or_obj, Mapping) else "benchmark object"
+    if isinstance(path_or_obj, Mapping):
+        obj = dict(path_or_obj)
+    else:
+        try:
+            obj = json.loads(Path(path_or_obj).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err})") from err
+    rows = obj.get("rows") if isinstance(obj, dict) else None
+    first = rows[0] if isinstance(rows, list) and rows and isinstance(rows[0], dict) else {}
+    if "backend" in first:
+        _check_rows(obj, _VIL_ROW, where)
+        obj["kind"] = "vil_scaling"
+    elif "model" in first:
+        _check_rows(obj, _STEP_ROW, where)
+        obj["kind"] = "train_step"
+    else:
+        raise ValueError(
+            f"{where}: rows must be vil_scaling rows {list(_VIL_ROW)} or train_step rows {list(_STEP_ROW)}"
+        )
+    return obj
+
+
+def vil_scaling_table(bench: str | os.PathLike | Mapping[str, Any]) -> pd.DataFrame:
+    """ViL scaling as a table: rows = S, columns = (quantity, backend) with quantity ``fwd_bwd_s`` / ``peak_mb``."""
+    obj = load_benchmark(bench)
+    if obj["kind"] != "vil_scaling":
+        raise ValueError(f"expected vil_scaling rows, got {obj['kind']}")
+    df = pd.DataFrame(obj["rows"])
+    return df.pivot_table(index="S", columns="backend", values=["fwd_bwd_s", "peak_mb"], aggfunc="first")
+
+
+def train_step_table(bench: str | os.PathLike | Mapping[str, Any]) -> pd.DataFrame:
+    """Per-model train step: columns ``model, dim, size, batch, params (M), step_s, peak_mb``."""
+    obj = load_benchmark(bench)
+    if obj["kind"] != "train_step":
+        raise ValueError(f"expected train_step rows, got {obj['kind']}")
+    df = pd.DataFrame(obj["rows"])
+    df["size"] = df["size"].map(lambda s: "×".join(str(v) for v in s))
+    df["params (M)"] = df.pop("params") / 1e6
+    return df[["model", "dim", "size", "batch", "params (M)", "step_s", "peak_mb"]]
+
+
+def plot_vil_scaling(bench: str | os.PathLike | Mapping[str, Any], out_stem: str | os.PathLike | None = None,
+                     dpi: int = 150) -> Figure:
+    """Time and peak memory vs sequence length S (log-log), one line per backend (chunkwise vs parallel).
+
+    Returns the figure (two axes: time, memory); with ``out_stem`` also writes ``<stem>.png`` and ``.pdf``.
+    """
+    from matplotlib.figure import Figure
+
+    obj = load_benchmark(bench)
+    table = vil_scaling_table(obj)
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    ax_t, ax_m = fig.subplots(1, 2)
+    for qty, ax, ylabel in (("fwd_bwd_s", ax_t, "forward + backward (s)"), ("peak_mb", ax_m, "peak memory (MB)")):
+        for backend in table[qty].columns:
+            series = table[qty][backend].dropna()
+            ax.plot(series.index, series.to_numpy(dtype=float), marker="o", label=backend)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length S")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"ViL block scaling ({obj.get('device', '?')}, C={obj.get('dim', '?')}, batch {obj.get('batch', '?')})",
+        fontsize=10,
+    )
+    if out_stem is not None:
+        _save_figure(fig, Path(out_stem), dpi)
+    return fig
+
+
+def plot_train_step(bench: str | os.PathLike | Mapping[str, Any], out_stem: str | os.PathLike | None = None,
+                    dpi: int = 150) -> Figure:
+    """Bar charts of train step time, peak memory and parameters per model, grouped by 2D / 3D configuration.
+
+    Returns the figure (three axes); with ``out_stem`` also writes ``<stem>.png`` and ``.pdf``.
+    """
+    from matplotlib.figure import Figure
+
+    obj = load_benchmark(bench)
+    df = train_step_table(obj)
+    df["config"] = df["dim"].astype(str) + "D " + df["size"]
+    configs = list(dict.fromkeys(df["config"]))
+    models = list(dict.fromkeys(df["model"]))
+    fig = Figure(figsize=(10, 3.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(configs))
+    for ax, qty, ylabel in zip(axes, ("step_s", "peak_mb", "params (M)"),
+                               ("train step (s)", "peak memory (MB)", "parameters (M)")):
+        for i, model in enumerate(models):
+            sub = df[df["model"] == model].set_index("config")
+            vals = [float(sub.loc[c, qty]) if c in sub.index and sub.loc[c, qty] is not None else np.nan
+                    for c in configs]
+            ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=model)
+        ax.set_xticks(x, configs, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"one training step, batch {df['batch'].iloc[0] if len(df) else '?'} ({obj.get('device', '?')})",
+                 fontsize=10)
+    if out_stem is not None:
+        _save_figure(fig, Path(out_stem), dpi)
+    return fig

@@ -1,0 +1,664 @@
+"""A slice viewer that compares methods side by side: image | ground truth | method A | method B | ...
+
+The data model (:class:`ViewerData`) is separate from the widgets (:class:`SliceViewer`), so everything the viewer
+shows can be computed and tested without a browser.
+
+Dims legend:
+    C        image channels (modalities, or RGB)
+    *spatial (H, W) for 2D cases, (D, H, W) for 3D cases, in array order; nnU-Net's readers give (z, y, x)
+    K        number of classes including background (label 0)
+
+Axes of 3D cases: ``axial`` slices array axis 0, ``coronal`` axis 1, ``sagittal`` axis 2 (the names assume nnU-Net's
+(z, y, x) array order of an axially acquired volume). Coronal and sagittal slices are flipped so that increasing z
+points up. The aspect ratio of every slice comes from the voxel spacing.
+
+Colours come from :func:`xlstm_unet.figures.label_colors`: a label has the same colour here and in every figure.
+
+Example::
+
+    from xlstm_unet.viewer import SliceViewer, ViewerData, demo_data
+    viewer = SliceViewer(demo_data("3d"))          # synthetic demo
+    viewer                                          # shows the widget in JupyterLab
+    data = ViewerData.from_results("results/quickstart/Dataset901_Phantom2D", "data/nnUNet_raw/Dataset901_Phantom2D")
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlstm_unet.figures import label_colors, normalize_intensity, overlay_labels
+
+__all__ = [
+    "ViewAxis",
+    "CaseData",
+    "SliceView",
+    "ViewerData",
+    "SliceViewer",
+    "demo_data",
+    "case_dice",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_PANEL = "image"
+GT_PANEL = "ground truth"
+
+
+class ViewAxis(str, Enum):
+    """Slicing axis of a 3D case: the array axis that is held fixed."""
+
+    AXIAL = "axial"  # array axis 0
+    CORONAL = "coronal"  # array axis 1
+    SAGITTAL = "sagittal"  # array axis 2
+
+    @property
+    def array_axis(self) -> int:
+        return {"axial": 0, "coronal": 1, "sagittal": 2}[self.value]
+
+
+def case_dice(pred: np.ndarray, gt: np.ndarray, labels: Sequence[int] | None = None) -> float:
+    """Mean Dice over the foreground labels present in ``pred`` or ``gt`` (labels absent from both are skipped).
+
+    Args:
+        pred, gt: (*spatial) integer label maps of the same shape.
+        labels: foreground labels to score (default: every label > 0 in either map).
+    Returns:
+        The mean of :func:`xlstm_unet.metrics.dice` over the scored labels; NaN when no label is present in either
+        map (nothing to score).
+    """
+    from xlstm_unet.metrics import dice
+
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} does not match ground truth shape {gt.shape}")
+    present = set(np.unique(pred).tolist()) | set(np.unique(gt).tolist())
+    cand = [int(k) for k in (labels if labels is not None else sorted(present)) if k > 0 and k in present]
+    if not cand:
+        return math.nan
+    return float(np.mean([dice(pred == k, gt == k) for k in cand]))
+
+
+@dataclass(frozen=True)
+class CaseData:
+    """One case: the image, its ground truth and each method's prediction.
+
+    Attributes:
+        name: case identifier.
+        image: (C, *spatial) float image (a single-channel image may be given as (*spatial); it is stored as
+            (1, *spatial)).
+        gt: (*spatial) integer label map.
+        predictions: method name -> (*spatial) integer label map.
+        spacing: voxel spacing per spatial axis (array order), or None for unit spacing.
+    """
+
+    name: str
+    image: np.ndarray
+    gt: np.ndarray
+    predictions: Mapping[str, np.ndarray] = field(default_factory=dict)
+    spacing: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        gt = np.asarray(self.gt)
+        img = np.asarray(self.image)
+        if gt.ndim not in (2, 3):
+            raise ValueError(f"case {self.name!r}: ground truth must be 2D or 3D, got shape {gt.shape}")
+        if img.shape == gt.shape:
+            img = img[None]  # (1, *spatial)
+        if img.ndim != gt.ndim + 1 or img.shape[1:] != gt.shape:
+            raise ValueError(
+                f"case {self.name!r}: image must be (C, *spatial) or (*spatial) with spatial {gt.shape}, "
+                f"got {img.shape}"
+            )
+        if not np.issubdtype(gt.dtype, np.integer):
+            if not np.array_equal(gt, np.round(gt)):
+                raise ValueError(f"case {self.name!r}: ground truth has non-integer values")
+            gt = gt.astype(np.int64)
+        preds = {}
+        for method, p in self.predictions.items():
+            p = np.asarray(p)
+            if p.shape != gt.shape:
+                raise ValueError(
+                    f"case {self.name!r}, method {method!r}: prediction shape {p.shape} != ground truth {gt.shape}"
+                )
+            preds[method] = p if np.issubdtype(p.dtype, np.integer) else p.astype(np.int64)
+        if self.spacing is not None and len(self.spacing) != gt.ndim:
+            raise ValueError(f"case {self.name!r}: spacing {self.spacing} must have {gt.ndim} entries")
+        object.__setattr__(self, "image", img)
+        object.__setattr__(self, "gt", gt)
+        object.__setattr__(self, "predictions", preds)
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return self.gt.ndim
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.gt.shape)
+
+
+@dataclass(frozen=True)
+class SliceView:
+    """What is shown: the case, the axis and slice index (None for 2D), the channel (None = RGB), the aspect."""
+
+    case: str
+    axis: ViewAxis | None
+    index: int | None
+    channel: int | None
+    aspect: float
+
+
+class ViewerData:
+    """Cases to compare, with label names and channel names.
+
+    Build with :meth:`from_arrays` or :meth:`from_results`. Channel images are normalised for display per case and
+    channel to the 1-99 percentile of the whole volume (so slices of one case share one window).
+
+    Args:
+        cases: the cases (names must be unique).
+        labels: label value -> name (default ``{0: "background", k: "label k"}``).
+        channel_names: names of the image channels (default ``"0", "1", ...``).
+        source: a short description of where the data came from (shown by the viewer).
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[CaseData],
+        labels: Mapping[int, str] | None = None,
+        channel_names: Sequence[str] | None = None,
+        source: str = "",
+    ) -> None:
+        if not cases:
+            raise ValueError("ViewerData needs at least one case")
+        names = [c.name for c in cases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"case names must be unique, got {names}")
+        nch = {c.image.shape[0] for c in cases}
+        if len(nch) != 1:
+            raise ValueError(f"all cases must have the same number of channels, got {sorted(nch)}")
+        self._cases = {c.name: c for c in cases}
+        self.num_channels: int = nch.pop()
+        max_label = max(
+            int(max([c.gt.max(initial=0)] + [p.max(initial=0) for p in c.predictions.values()])) for c in cases
+        )
+        lab = {int(k): str(v) for k, v in (labels or {}).items()}
+        self.num_classes: int = max(max_label, max(lab, default=0)) + 1
+        self.labels: dict[int, str] = {k: lab.get(k, "background" if k == 0 else f"label {k}")
+                                       for k in range(self.num_classes)}
+        if channel_names is not None and len(channel_names) != self.num_channels:
+            raise ValueError(f"expected {self.num_channels} channel names, got {list(channel_names)}")
+        self.channel_names: list[str] = (
+            list(channel_names) if channel_names is not None else [str(i) for i in range(self.num_channels)]
+        )
+        self.methods: list[str] = list(dict.fromkeys(m for c in cases for m in c.predictions))
+        self.source = source
+        self._norm_cache: dict[tuple[str, int], np.ndarray] = {}
+
+    # ---------------------------------------------------------------------------------------------- constructors
+
+    @classmethod
+    def from_arrays(
+        cls,
+        images: Mapping[str, np.ndarray],
+        ground_truth: Mapping[str, np.ndarray],
+        predictions: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+        labels: Mapping[int, str] | None = None,
+        channel_names: Sequence[str] | None = None,
+        spacing: Mapping[str, Sequence[float]] | None = None,
+        source: str = "arrays",
+    ) -> ViewerData:
+        """Build from arrays keyed by case name.
+
+        Args:
+            images: case -> (C, *spatial) or (*spatial) image.
+            ground_truth: case -> (*spatial) label map; must have the same keys as ``images``.
+            predictions: method -> case -> (*spatial) label map (a method may lack some cases).
+            labels, channel_names, source: see :class:`ViewerData`.
+            spacing: case -> spacing in array order.
+        """
+        if set(images) != set(ground_truth):
+            raise ValueError(
+                f"images and ground_truth must have the same cases, got {sorted(images)} vs {sorted(ground_truth)}"
+            )
+        predictions = predictions or {}
+        for method, per_case in predictions.items():
+            extra = set(per_case) - set(images)
+            if extra:
+                raise ValueError(f"method {method!r} has predictions for unknown cases {sorted(extra)}")
+        cases = [
+            CaseData(
+                name=name,
+                image=images[name],
+                gt=ground_truth[name],
+                predictions={m: pc[name] for m, pc in predictions.items() if name in pc},
+                spacing=tuple(float(s) for s in spacing[name]) if spacing and name in spacing else None,
+            )
+            for name in images
+        ]
+        return cls(cases, labels=labels, channel_names=channel_names, source=source)
+
+    @classmethod
+    def from_results(
+        cls,
+        results_dir: str | os.PathLike,
+        raw_dataset_dir: str | os.PathLike,
+        methods: Sequence[str] | None = None,
+        cases: Sequence[str] | None = None,
+        max_cases: int | None = None,
+    ) -> ViewerData:
+        """Load test cases from the results layout and the nnU-Net raw dataset.
+
+        Args:
+            results_dir: ``<results>/<DatasetName>`` with ``<method>/predictions/<case><file_ending>``.
+            raw_dataset_dir: ``<nnUNet_raw>/<DatasetName>`` with ``dataset.json``, ``imagesTs/<case>_0000<ext>``
+                (+ ``_0001``... channels) and ``labelsTs/<case><ext>``.
+            methods: methods to load (default: every sub-folder of ``results_dir`` with a ``predictions`` folder).
+            cases: case names (default: every case in ``labelsTs`` that has a prediction of some loaded method).
+            max_cases: load at most this many cases (sorted by name).
+        Files are read with nnU-Net's own reader for the dataset's ``file_ending``; a 3D array with one slice
+        (how nnU-Net represents 2D images) becomes a 2D case.
+        """
+        from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+
+        results_dir, raw_dir = Path(results_dir), Path(raw_dataset_dir)
+        ds_json_path = raw_dir / "dataset.json"
+        if not ds_json_path.is_file():
+            raise ValueError(f"{ds_json_path}: not found (expected an nnU-Net raw dataset folder)")
+        ds_json = json.loads(ds_json_path.read_text(encoding="utf-8"))
+        ending = ds_json.get("file_ending")
+        if not ending:
+            raise ValueError(f"{ds_json_path}: no 'file_ending'")
+        if not results_dir.is_dir():
+            raise ValueError(f"{results_dir}: results folder not found")
+        if methods is None:
+            methods = sorted(p.parent.name for p in results_dir.glob("*/predictions") if p.is_dir())
+        else:
+            missing = [m for m in methods if not (results_dir / m / "predictions").is_dir()]
+            if missing:
+                raise ValueError(f"{results_dir}: no predictions folder for methods {missing}")
+        labels_dir = raw_dir / "labelsTs"
+        if not labels_dir.is_dir():
+            raise ValueError(f"{labels_dir}: not found (ground truth of the test cases)")
+        gt_files = {p.name[: -len(ending)]: p for p in sorted(labels_dir.glob(f"*{ending}"))}
+        pred_files = {
+            m: {p.name[: -len(ending)]: p for p in (results_dir / m / "predictions").glob(f"*{ending}")}
+            for m in methods
+        }
+        if cases is None:
+            with_pred = set().union(*(set(v) for v in pred_files.values())) if pred_files else set(gt_files)
+            cases = sorted(c for c in gt_files if c in with_pred)
+        else:
+            unknown = [c for c in cases if c not in gt_files]
+            if unknown:
+                raise ValueError(f"{labels_dir}: no ground truth for cases {unknown}")
+        cases = list(cases)[: max_cases if max_cases is not None else None]
+        if not cases:
+            raise ValueError(f"{results_dir}: no test case with both ground truth and a prediction")
+        example = str(gt_files[cases[0]])
+        rw = determine_reader_writer_from_dataset_json(ds_json, example, verbose=False)()
+        channel_names = [str(v) for _, v in sorted(ds_json.get("channel_names", {}).items(), key=lambda kv: int(kv[0]))]
+        out = []
+        for case in cases:
+            img_files = sorted((raw_dir / "imagesTs").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"))
+            if not img_files:
+                raise ValueError(f"{raw_dir / 'imagesTs'}: no image files {case}_XXXX{ending}")
+            img, props = rw.read_images([str(f) for f in img_files])  # (C, *spatial3)
+            gt, _ = rw.read_seg(str(gt_files[case]))  # (1, *spatial3)
+            preds = {}
+            for m in methods:
+                if case in pred_files[m]:
+                    preds[m] = rw.read_seg(str(pred_files[m][case]))[0][0]
+            spacing = tuple(float(s) for s in props.get("spacing", (1.0,) * 3))
+            gt = gt[0]
+            if gt.ndim == 3 and gt.shape[0] == 1:  # nnU-Net's (1, H, W) form of a 2D image
+                img, gt = img[:, 0], gt[0]
+                preds = {m: p[0] for m, p in preds.items()}
+                spacing = spacing[1:]
+            out.append(CaseData(case, img, gt.astype(np.int64),
+                                {m: p.astype(np.int64) for m, p in preds.items()}, spacing))
+        labels = {}
+        for name, val in ds_json.get("labels", {}).items():
+            if isinstance(val, int):
+                labels[val] = name
+        if len(channel_names) != out[0].image.shape[0]:  # e.g. one RGB "channel" entry for a 3-channel PNG
+            channel_names = None
+        return cls(out, labels=labels, channel_names=channel_names, source=str(results_dir))
+
+    # ---------------------------------------------------------------------------------------------- queries
+
+    @property
+    def case_names(self) -> list[str]:
+        return list(self._cases)
+
+    def case(self, name: str) -> CaseData:
+        if name not in self._cases:
+            raise ValueError(f"unknown case {name!r}; expected one of {self.case_names}")
+        return self._cases[name]
+
+    def label_name(self, k: int) -> str:
+        return self.labels.get(int(k), f"label {k}")
+
+    def is_rgb(self) -> bool:
+        """Whether the images are 3-channel colour images (shown in colour when no channel is chosen)."""
+        return self.num_channels == 3 and all(c.ndim == 2 for c in self._cases.values())
+
+    def default_channel(self) -> int | None:
+        """None (colour) for RGB images, else channel 0."""
+        return None if self.is_rgb() else 0
+
+    def best_slice(self, case: str, axis: ViewAxis | str) -> int:
+        """The slice along ``axis`` with the most ground-truth foreground (the middle one if there is none)."""
+        c = self.case(case)
+        if c.ndim == 2:
+            raise ValueError(f"case {case!r} is 2D; it has no slices")
+        ax = ViewAxis(axis).array_axis
+        other = tuple(i for i in range(3) if i != ax)
+        counts = (c.gt > 0).sum(axis=other)  # (n_slices,)
+        return int(np.argmax(counts)) if counts.max() > 0 else c.gt.shape[ax] // 2
+
+    def num_slices(self, case: str, axis: ViewAxis | str) -> int:
+        c = self.case(case)
+        return 1 if c.ndim == 2 else c.gt.shape[ViewAxis(axis).array_axis]
+
+    def view(self, case: str, axis: ViewAxis | str = ViewAxis.AXIAL, index: int | None = None,
+             channel: int | None = None) -> SliceView:
+        """Resolve what to show: index defaults to :meth:`best_slice`, channel to :meth:`default_channel`."""
+        c = self.case(case)
+        if channel is None:
+            channel = self.default_channel()
+        elif not 0 <= channel < self.num_channels:
+            raise ValueError(f"channel must be in [0, {self.num_channels}), got {channel}")
+        if c.ndim == 2:
+            sp = c.spacing or (1.0, 1.0)
+            return SliceView(case, None, None, channel, float(sp[0] / sp[1]))
+        ax = ViewAxis(axis)
+        n = c.gt.shape[ax.array_axis]
+        if index is None:
+            index = self.best_slice(case, ax)
+        if not 0 <= index < n:
+            raise ValueError(f"slice index must be in [0, {n}) for case {case!r} along {ax.value}, got {index}")
+        sp = c.spacing or (1.0, 1.0, 1.0)
+        rows, cols = (i for i in range(3) if i != ax.array_axis)
+        return SliceView(case, ax, int(index), channel, float(sp[rows] / sp[cols]))
+
+    def _take(self, arr: np.ndarray, view: SliceView) -> np.ndarray:
+        """(*spatial) -> 2D slice of ``view``; non-axial slices flipped so that axis 0 points up."""
+        if view.axis is None:
+            return arr
+        sl = np.take(arr, view.index, axis=view.axis.array_axis)
+        return sl[::-1] if view.axis is not ViewAxis.AXIAL else sl
+
+    def _display_image(self, case: str, view: SliceView) -> np.ndarray:
+        """(H, W) grey in [0, 1] for one channel, or (H, W, 3) for colour."""
+        c = self.case(case)
+        chans = range(self.num_channels) if view.channel is None else [view.channel]
+        planes = []
+        for ch in chans:
+            key = (case, ch)
+            if key not in self._norm_cache:
+                self._norm_cache[key] = normalize_intensity(c.image[ch])
+            planes.append(self._take(self._norm_cache[key], view))
+        return planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
+
+    def slices(self, case: str, view: SliceView, methods: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The raw 2D arrays of one view: ``image`` (raw intensities of the channel; (H, W, C) when
+        ``view.channel`` is None), ``ground truth`` and each method's prediction (methods the case lacks are
+        left out)."""
+        c = self.case(case)
+        if view.channel is None:
+            img = np.moveaxis(np.stack([self._take(ch, view) for ch in c.image]), 0, -1)  # (H, W, C)
+        else:
+            img = self._take(c.image[view.channel], view)
+        out = {IMAGE_PANEL: img, GT_PANEL: self._take(c.gt, view)}
+        for m in methods if methods is not None else self.methods:
+            if m in c.predictions:
+                out[m] = self._take(c.predictions[m], view)
+        return out
+
+    def panels(self, case: str, view: SliceView, methods: Sequence[str] | None = None,
+               opacity: float = 0.5) -> dict[str, np.ndarray]:
+        """The displayed RGB panels, each (H, W, 3) in [0, 1]: the image, then the ground truth and each method
+        blended over it with the shared label colours. A method without a prediction for this case is shown as
+        the bare image."""
+        methods = list(methods) if methods is not None else self.methods
+        raw = self.slices(case, view, methods)
+        base = self._display_image(case, view)
+        out = {IMAGE_PANEL: overlay_labels(base, None)}
+        for name in [GT_PANEL, *methods]:
+            out[name] = overlay_labels(base, raw.get(name), opacity, self.num_classes)
+        return out
+
+    def dice(self, case: str, method: str) -> float:
+        """Mean Dice of ``method`` on the whole case (all slices); NaN if the case has no prediction of it."""
+        c = self.case(case)
+        if method not in c.predictions:
+            return math.nan
+        return case_dice(c.predictions[method], c.gt)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Widgets
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class SliceViewer:
+    """ipywidgets viewer over :class:`ViewerData`.
+
+    Widgets (public attributes, so that code and tests can drive them): ``case`` (Dropdown), ``axis``
+    (ToggleButtons, hidden for 2D cases), ``slice`` (IntSlider, hidden for 2D cases), ``channel`` (Dropdown;
+    "RGB" for colour images), ``opacity`` (FloatSlider), ``method_toggles`` (method -> ToggleButton), ``title``
+    (HTML with the Dice of the case per shown method), ``image`` (the rendered panels as a PNG Image widget) and
+    ``widget`` (the whole layout). Display the viewer itself or ``viewer.widget``.
+
+    Args:
+        data: the cases.
+        methods: methods switched on at start (default all).
+        opacity: initial overlay opacity.
+        panel_size: inches per panel in the rendered PNG.
+        dpi: resolution of the rendered PNG.
+    """
+
+    def __init__(self, data: ViewerData, methods: Sequence[str] | None = None, opacity: float = 0.5,
+                 panel_size: float = 3.0, dpi: int = 80) -> None:
+        import ipywidgets as w
+
+        self.data = data
+        self.panel_size = panel_size
+        self.dpi = dpi
+        on = set(methods) if methods is not None else set(data.methods)
+        unknown = on - set(data.methods)
+        if unknown:
+            raise ValueError(f"unknown methods {sorted(unknown)}; data has {data.methods}")
+        self._updating = False
+        first = data.case_names[0]
+        self.case = w.Dropdown(options=data.case_names, value=first, description="case")
+        self.axis = w.ToggleButtons(options=[a.value for a in ViewAxis], value=ViewAxis.AXIAL.value,
+                                    description="axis")
+        self.slice = w.IntSlider(min=0, max=0, value=0, description="slice", continuous_update=False)
+        ch_opts: list[tuple[str, int | None]] = [(n, i) for i, n in enumerate(data.channel_names)]
+        if data.is_rgb():
+            ch_opts = [("RGB", None), *ch_opts]
+        self.channel = w.Dropdown(options=ch_opts, value=data.default_channel(), description="channel")
+        self.opacity = w.FloatSlider(min=0.0, max=1.0, step=0.05, value=opacity, description="opacity",
+                                     continuous_update=False)
+        self.method_toggles = {m: w.ToggleButton(value=m in on, description=m, tooltip=f"show {m}")
+                               for m in data.methods}
+        self.title = w.HTML()
+        self.image = w.Image(format="png")
+        self.widget = w.VBox([
+            w.HBox([self.case, self.channel, self.opacity]),
+            w.HBox([self.axis, self.slice]),
+            w.HBox([w.Label("methods"), *self.method_toggles.values()]),
+            self.title,
+            self.image,
+        ])
+        self._sync_slider(reset=True)
+        for wid in (self.slice, self.channel, self.opacity, *self.method_toggles.values()):
+            wid.observe(self._on_change, names="value")
+        self.case.observe(self._on_case_or_axis, names="value")
+        self.axis.observe(self._on_case_or_axis, names="value")
+        self.refresh()
+
+    # ------------------------------------------------------------------------------------------ state
+
+    @property
+    def shown_methods(self) -> list[str]:
+        """Methods whose toggle is on, in data order."""
+        return [m for m, t in self.method_toggles.items() if t.value]
+
+    def current_view(self) -> SliceView:
+        case = self.case.value
+        c = self.data.case(case)
+        if c.ndim == 2:
+            return self.data.view(case, channel=self.channel.value)
+        return self.data.view(case, self.axis.value, self.slice.value, self.channel.value)
+
+    def current_slices(self) -> dict[str, np.ndarray]:
+        """Raw 2D arrays on screen: ``image``, ``ground truth`` and each shown method's label slice."""
+        return self.data.slices(self.case.value, self.current_view(), self.shown_methods)
+
+    def current_panels(self) -> dict[str, np.ndarray]:
+        """Displayed RGB panels on screen, each (H, W, 3) in [0, 1], keyed ``image``, ``ground truth``, methods."""
+        return self.data.panels(self.case.value, self.current_view(), self.shown_methods, self.opacity.value)
+
+    def current_dice(self) -> dict[str, float]:
+        """Dice of the shown case for each shown method (whole case, not just the slice)."""
+        return {m: self.data.dice(self.case.value, m) for m in self.shown_methods}
+
+    # ------------------------------------------------------------------------------------------ events
+
+    def _sync_slider(self, reset: bool) -> None:
+        case = self.case.value
+        is3d = self.data.case(case).ndim == 3
+        hidden = {} if is3d else {"display": "none"}
+        for wid in (self.axis, self.slice):
+            wid.layout.display = hidden.get("display")
+        if is3d:
+            n = self.data.num_slices(case, self.axis.value)
+            self._updating = True
+            try:
+                best = self.data.best_slice(case, self.axis.value)
+                # widen before narrowing so that value stays valid while max changes
+                self.slice.max = max(self.slice.max, n - 1)
+                self.slice.value = best if reset or self.slice.value >= n else self.slice.value
+                self.slice.max = n - 1
+            finally:
+                self._updating = False
+
+    def _on_case_or_axis(self, _change: dict[str, Any]) -> None:
+        self._sync_slider(reset=True)
+        self.refresh()
+
+    def _on_change(self, _change: dict[str, Any]) -> None:
+        if not self._updating:
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Re-render the panels and the title from the widget values."""
+        view = self.current_view()
+        dice = self.current_dice()
+        where = "" if view.axis is None else f" · {view.axis.value} slice {view.index}"
+        parts = [f"{m}: Dice {'n/a' if math.isnan(d) else f'{d:.3f}'}" for m, d in dice.items()]
+        self.title.value = f"<b>{view.case}</b>{where} — " + (" · ".join(parts) if parts else "no method shown")
+        self.image.value = self.render_png()
+
+    def render_png(self) -> bytes:
+        """The current panels as one PNG (panel titles, Dice under each method, label legend)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+
+        view = self.current_view()
+        panels = self.current_panels()
+        fig = Figure(figsize=(self.panel_size * len(panels), self.panel_size + 0.6), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+        dice = self.current_dice()
+        for ax, (name, rgb) in zip(axes, panels.items()):
+            ax.imshow(rgb, interpolation="nearest", aspect=view.aspect)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(name, fontsize=10)
+            if name in dice:
+                d = dice[name]
+                ax.set_xlabel("Dice n/a" if math.isnan(d) else f"Dice {d:.3f}", fontsize=9)
+        colours = label_colors(self.data.num_classes)
+        handles = [Patch(color=colours[k], label=self.data.label_name(k)) for k in range(1, self.data.num_classes)]
+        if handles:
+            fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8,
+                       frameon=False)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=self.dpi)
+        return buf.getvalue()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Synthetic demo
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def demo_data(kind: str = "3d", num_cases: int = 2, size: int = 48, seed: int = 0) -> ViewerData:
+    """SYNTHETIC demo cases for trying the viewer without results: not real data, not real predictions.
+
+    Each case is a noisy image with two blob-shaped structures (labels 1 and 2). The "methods" are
+    deterministic corruptions of the ground truth: ``synthetic_dilated`` (label maps grown by 2 voxels),
+    ``synthetic_shifted`` (shifted by 3 voxels along the last axis) and ``synthetic_noisy`` (10 % of the
+    structure voxels dropped).
+
+    Args:
+        kind: ``"2d"`` (cases (size, size), 1 channel) or ``"3d"`` (cases (size // 2, size, size), 2 channels).
+        num_cases: number of cases.
+        size: in-plane size.
+        seed: random seed.
+    """
+    from scipy import ndimage
+
+    if kind not in ("2d", "3d"):
+        raise ValueError(f"kind must be '2d' or '3d', got {kind!r}")
+    if num_cases < 1 or size < 16:
+        raise ValueError(f"need num_cases >= 1 and size >= 16, got num_cases={num_cases}, size={size}")
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if kind == "2d" else (size // 2, size, size)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))  # (ndim, *spatial)
+    images, gts, preds = {}, {}, {"synthetic_dilated": {}, "synthetic_shifted": {}, "synthetic_noisy": {}}
+    for i in range(num_cases):
+        name = f"synthetic_{i:03d}"
+        gt = np.zeros(shape, dtype=np.int64)
+        for label in (1, 2):
+            centre = np.array([rng.uniform(0.3, 0.7) * n for n in shape])
+            radii = np.array([rng.uniform(0.12, 0.22) * n for n in shape])
+            d = (((grid - centre.reshape(-1, *([1] * len(shape)))) / radii.reshape(-1, *([1] * len(shape)))) ** 2)
+            gt[(d.sum(0) <= 1.0) & (gt == 0)] = label
+        chans = []
+        for ch in range(1 if kind == "2d" else 2):
+            base = 0.2 + 0.5 * (gt == 1) + (0.3 + 0.2 * ch) * (gt == 2)
+            chans.append(ndimage.gaussian_filter(base + rng.normal(0, 0.08, shape), 1.0).astype(np.float32))
+        images[name] = np.stack(chans)
+        gts[name] = gt
+        dil = np.zeros_like(gt)
+        for label in (1, 2):
+            dil[ndimage.binary_dilation(gt == label, iterations=2) & (dil == 0)] = label
+        preds["synthetic_dilated"][name] = dil
+        preds["synthetic_shifted"][name] = np.roll(gt, 3, axis=-1)
+        noisy = gt.copy()
+        noisy[(gt > 0) & (rng.random(shape) < 0.10)] = 0
+        preds["synthetic_noisy"][name] = noisy
+    chan_names = ["synthetic channel 0"] if kind == "2d" else ["synthetic channel 0", "synthetic channel 1"]
+    return ViewerData.from_arrays(
+        images, gts, preds, labels={0: "background", 1: "structure A", 2: "structure B"},
+        channel_names=chan_names, spacing={n: (2.0, 1.0, 1.0) if kind == "3d" else (1.0, 1.0) for n in images},
+        source=f"SYNTHETIC demo ({kind}, seed {seed})",
+    )
