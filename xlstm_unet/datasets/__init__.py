@@ -7,6 +7,9 @@ name               id    folder                  protocol    source
 =================  ====  ======================  ==========  =====================================================
 phantom2d          901   Dataset901_Phantom2D    generic     SYNTHETIC, generated offline
 phantom3d          902   Dataset902_Phantom3D    brats       SYNTHETIC, generated offline
+kvasir_seg         911   Dataset911_KvasirSEG    endoscopy   shared data ``kvasir_seg`` (or the Kvasir-SEG release)
+ctc_nuclei         912   Dataset912_CTCNuclei    cells       shared data ``ctc_nuclei``
+pgbm_brain_mri     913   Dataset913_PGBMBrainMRI generic     shared data ``pgbm_brain_mri`` (split by patient)
 =================  ====  ======================  ==========  =====================================================
 
 Use :func:`convert` (or ``xlstm-unet convert NAME``); each module also documents its raw layout and format source.
@@ -29,6 +32,9 @@ from ._common import (
     percentile_to_uint8,
     write_dataset,
 )
+from .ctc_nuclei import CTC_NUCLEI
+from .kvasir_seg import KVASIR_SEG
+from .pgbm_brain_mri import PGBM_BRAIN_MRI
 from .phantom import PHANTOM2D, PHANTOM3D
 
 __all__ = [
@@ -46,7 +52,8 @@ __all__ = [
 ]
 
 #: The registry: dataset name -> :class:`DatasetInfo` (default id, folder name, protocol, builder).
-DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (PHANTOM2D, PHANTOM3D)}
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
+    PHANTOM2D, PHANTOM3D, KVASIR_SEG, CTC_NUCLEI, PGBM_BRAIN_MRI)}
 
 
 def convert(name: str, *, source: str | Path | None = None, out_root: str | Path | None = None,

@@ -61,6 +61,8 @@ __all__ = [
     "check_same_geometry",
     "require_dir",
     "require_file",
+    "pair_files",
+    "limit_cases",
     "seeded_split",
     "seeded_group_split",
     "instances_to_3class",
@@ -115,6 +117,9 @@ class CaseData:
         instances: cell datasets, test cases: ``(H, W)`` instance ids (0 = background).
         channel_files: source file of each channel (for error messages); may be empty for synthetic data.
         label_file: source file of the label (for error messages).
+        copy_channels: 3D only: write each channel as a byte copy of its ``.nii.gz`` source file (keeps the
+            source header exactly and skips re-compression); the arrays are still validated.
+        copy_label: the same for the label (only when the label array is the unmodified source content).
     """
 
     channels: tuple[np.ndarray, ...]
@@ -123,6 +128,8 @@ class CaseData:
     instances: np.ndarray | None = None
     channel_files: tuple[Path, ...] = ()
     label_file: Path | None = None
+    copy_channels: bool = False
+    copy_label: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,6 +215,68 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+def _stem(path: Path, suffixes: Sequence[str]) -> str | None:
+    name = path.name
+    for suf in sorted(suffixes, key=len, reverse=True):
+        if name.lower().endswith(suf.lower()):
+            return name[: -len(suf)]
+    return None
+
+
+def pair_files(images_dir: Path, labels_dir: Path, image_suffixes: Sequence[str] = IMAGE_SUFFIXES_2D,
+               label_suffixes: Sequence[str] = IMAGE_SUFFIXES_2D, *,
+               image_suffix_strip: str = "") -> dict[str, tuple[Path, Path]]:
+    """Pair ``images_dir/<id><suffix>`` with ``labels_dir/<id><suffix>``; returns ``{id: (image, label)}``, sorted.
+
+    ``image_suffix_strip`` is removed from the image stem first (e.g. ``"_0000"``). Hidden files are ignored.
+
+    Raises:
+        DatasetFormatError: missing folder, empty folder, two files with the same id (duplicate case id), an image
+            without a label or a label without an image (each naming the file).
+    """
+    require_dir(images_dir, "images")
+    require_dir(labels_dir, "labels")
+
+    def index(folder: Path, suffixes: Sequence[str], strip: str) -> dict[str, Path]:
+        out: dict[str, Path] = {}
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith(".") or not p.is_file():
+                continue
+            stem = _stem(p, suffixes)
+            if stem is None:
+                continue
+            if strip and stem.endswith(strip):
+                stem = stem[: -len(strip)]
+            if stem in out:
+                raise DatasetFormatError(p, f"duplicate case id {stem!r} (also {out[stem].name})")
+            out[stem] = p
+        return out
+
+    images = index(images_dir, image_suffixes, image_suffix_strip)
+    labels = index(labels_dir, label_suffixes, "")
+    if not images:
+        raise DatasetFormatError(images_dir, f"empty dataset: no image files ({', '.join(image_suffixes)})")
+    for cid, p in images.items():
+        if cid not in labels:
+            raise DatasetFormatError(p, f"no label for this image (expected {labels_dir}/{cid}<"
+                                        f"{'|'.join(label_suffixes)}>)")
+    for cid, p in labels.items():
+        if cid not in images:
+            raise DatasetFormatError(p, f"label without an image (expected {images_dir}/{cid}{image_suffix_strip}<"
+                                        f"{'|'.join(image_suffixes)}>)")
+    return {cid: (images[cid], labels[cid]) for cid in sorted(images)}
+
+
+def limit_cases(ids: Sequence[str], max_cases: int | None) -> list[str]:
+    """The first ``max_cases`` of the sorted ``ids`` (all when ``None``), for quick runs and tests."""
+    ids = sorted(ids)
+    if max_cases is None:
+        return ids
+    if max_cases < 2:
+        raise ValueError(f"max_cases must be >= 2 (one train, one test), got {max_cases}")
+    return ids[:max_cases]
+
+
 def read_image_2d(path: Path) -> np.ndarray:
     """Read a 2D image file: ``(H, W)`` or ``(H, W, C)`` in its stored dtype (TIFF via tifffile, others Pillow).
 
@@ -273,12 +342,16 @@ def check_same_geometry(ref_path: Path, ref_img, path: Path, img, *, spacing_rto
         raise DatasetFormatError(path, f"shape mismatch: expected {shape_r} (as {Path(ref_path).name}), got {shape}")
     if not np.allclose(sp, sp_r, rtol=spacing_rtol, atol=1e-5):
         raise DatasetFormatError(path, f"spacing mismatch: expected {sp_r} mm (as {Path(ref_path).name}), got {sp}")
+    if not np.allclose(img.affine, ref_img.affine, atol=1e-3):
+        warnings.warn(f"{path}: origin/direction differ from {Path(ref_path).name} (same shape and spacing); "
+                      f"the label's geometry is used for all channels", stacklevel=2)
 
 
-def load_nifti_case(channel_files: Sequence[Path], label_file: Path) -> CaseData:
+def load_nifti_case(channel_files: Sequence[Path], label_file: Path, *, copy: bool = True) -> CaseData:
     """Load a 3D case: channels and label must share shape and spacing (the label's affine is kept).
 
-    Returns :class:`CaseData` with channels ``(X, Y, Z)`` in their stored dtype and the label's affine.
+    Returns :class:`CaseData` with channels ``(X, Y, Z)`` in their stored dtype and the label's affine; with
+    ``copy`` (default) the ``.nii.gz`` sources are written as byte copies (see :class:`CaseData`).
     """
     label_img = load_nifti(label_file)
     imgs = [load_nifti(p) for p in channel_files]
@@ -286,8 +359,10 @@ def load_nifti_case(channel_files: Sequence[Path], label_file: Path) -> CaseData
         check_same_geometry(label_file, label_img, p, img)
     channels = tuple(_nifti_array(img, p) for p, img in zip(channel_files, imgs))
     label = _nifti_array(label_img, label_file)
+    gz = all(str(p).endswith(".nii.gz") for p in [*channel_files, label_file])
     return CaseData(channels=channels, label=label, affine=np.asarray(label_img.affine, dtype=np.float64),
-                    channel_files=tuple(Path(p) for p in channel_files), label_file=Path(label_file))
+                    channel_files=tuple(Path(p) for p in channel_files), label_file=Path(label_file),
+                    copy_channels=copy and gz, copy_label=copy and gz)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -458,6 +533,8 @@ def _validate_case(plan: DatasetPlan, case: CasePlan, data: CaseData) -> None:
     if plan.dims == 3:
         if data.affine is None or data.affine.shape != (4, 4) or not np.all(np.isfinite(data.affine)):
             raise DatasetFormatError(label_file, f"{name}: 3D cases need a finite (4, 4) affine")
+    if data.copy_channels and len(data.channel_files) != len(data.channels):
+        raise ValueError(f"{name}: copy_channels needs one source file per channel")
     if data.instances is not None and data.instances.shape != lab.shape:
         raise DatasetFormatError(label_file, f"{name}: instance map shape {data.instances.shape} != label "
                                              f"shape {lab.shape}")
@@ -473,7 +550,7 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
     arr = np.ascontiguousarray(arr)
     if arr.dtype == np.uint16 and arr.ndim != 2:
         raise ValueError(f"{path}: 16-bit PNG must be grey (H, W), got shape {arr.shape}")
-    Image.fromarray(arr).save(path, format="PNG", optimize=False)
+    Image.fromarray(arr).save(path, format="PNG", compress_level=1)
 
 
 def _write_tif(path: Path, arr: np.ndarray) -> None:
@@ -508,10 +585,19 @@ def _write_array(path: Path, arr: np.ndarray, ending: str, affine: np.ndarray | 
 def _write_case(root: Path, plan: DatasetPlan, case: CasePlan, data: CaseData) -> None:
     img_dir, lab_dir = (root / d for d in _SUBSET_DIRS[case.subset])
     ending = plan.file_ending
+    copy_ok = ending == ".nii.gz"
     for i, ch in enumerate(data.channels):
-        _write_array(img_dir / f"{case.case_id}_{i:04d}{ending}", ch, ending, data.affine)
-    lab = data.label.astype(_label_dtype(max(plan.label_values)), copy=False)
-    _write_array(lab_dir / f"{case.case_id}{ending}", lab, ending, data.affine)
+        dest = img_dir / f"{case.case_id}_{i:04d}{ending}"
+        if copy_ok and data.copy_channels and str(data.channel_files[i]).endswith(ending):
+            shutil.copyfile(data.channel_files[i], dest)
+        else:
+            _write_array(dest, ch, ending, data.affine)
+    dest = lab_dir / f"{case.case_id}{ending}"
+    if copy_ok and data.copy_label and data.label_file is not None and str(data.label_file).endswith(ending):
+        shutil.copyfile(data.label_file, dest)
+    else:
+        lab = data.label.astype(_label_dtype(max(plan.label_values)), copy=False)
+        _write_array(dest, lab, ending, data.affine)
     if data.instances is not None and case.subset == "test":
         inst = data.instances
         if int(inst.max(initial=0)) > np.iinfo(np.uint16).max or int(inst.min(initial=0)) < 0:
