@@ -1,0 +1,604 @@
+"""ViL (Vision-LSTM) blocks over token sequences and over 2D/3D feature maps, with a linear-time mLSTM.
+
+The layer follows Vision-LSTM (Alkin et al., arXiv 2406.04303; NX-AI/vision-lstm) as used by xLSTM-UNet (Chen et
+al., arXiv 2407.01530; tianrun-chen/xLSTM-UNet-PyTorch). The building blocks (headwise projections, causal conv1d,
+LayerNorm without bias, multi-head LayerNorm, initialisers) come from the ``xlstm`` package; the mLSTM cell is ours
+because ``xlstm``'s own cell hardwires the quadratic parallel form. The cell calls the kernels of ``mlstm_kernels``:
+
+- ``chunkwise`` (CPU and GPU): ``chunkwise--native_autograd``, pure PyTorch, O(S) memory in the sequence length;
+- ``triton`` (CUDA): ``chunkwise--triton_xl_chunk``;
+- ``parallel``: ``parallel--native_autograd``, the quadratic "parallel stabilized" form of the official code, kept as
+  the reference (O(S^2) time and memory).
+
+Dims legend:
+    B: batch; C: channels of the feature map; ``*spatial``: its spatial sizes (2D ``H, W`` or 3D ``D, H, W``);
+    N = prod(spatial): number of voxels; S: sequence length (N with patch tokens, C with channel tokens);
+    D: token dimension (C with patch tokens, N with channel tokens); DI = expansion * D: inner dimension;
+    NH: mLSTM heads; DH = DI / NH: head dimension.
+
+Conventions:
+    - Tokens are the voxels in row-major (C-order) flattening of ``*spatial``, i.e. rows from the top-left.
+      ``reverse=True`` traverses from the bottom-right (flip the sequence, process, flip back).
+    - The mLSTM always computes in float32 (float64 if its inputs are float64), with autocast disabled, so fp16/bf16
+      mixed precision cannot overflow inside the exponential gating. The projections around it follow autocast.
+    - Sequences whose length is not a multiple of ``chunk_size`` are zero-padded at the END (after any flip), which
+      leaves the outputs of the real tokens of the causal recurrence unchanged.
+
+Difference from the kernels' defaults, on purpose: the chunkwise kernels start from a stabiliser state ``m_0 = 0``,
+which makes their ``eps`` term (``h = num / (max(|den|, exp(-m)) + eps)``) differ from the parallel form by about
+``eps`` whenever all log-gates of a row are below 0. We pass ``m_0 = -1e4`` (with zero ``C_0``, ``n_0``), which makes
+the chunkwise stabiliser equal to the parallel row maximum, so chunkwise and parallel agree to rounding (1e-12 in
+float64) instead of ~1e-7.
+
+Gradients: the ``native_custbw`` kernels (and, as far as we know, the triton ones) use a custom backward that treats
+the normaliser ``max(|den|, exp(-m))`` as a constant; their gradients differ from autograd through the parallel form
+wherever ``|den| > exp(-m)``. ``chunkwise`` therefore uses ``native_autograd``, whose gradients equal the parallel
+reference. ``triton`` is the fast kernel of ``mlstm_kernels`` as it is.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from enum import Enum
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from xlstm.components.conv import CausalConv1d, CausalConv1dConfig
+from xlstm.components.init import bias_linspace_init_, small_init_init_, wang_init_
+from xlstm.components.linear_headwise import LinearHeadwiseExpand, LinearHeadwiseExpandConfig
+from xlstm.components.ln import LayerNorm, MultiHeadLayerNorm
+
+__all__ = [
+    "mlstm",
+    "MLSTMCell",
+    "ViLLayer",
+    "ViLBlock",
+    "ViLStage",
+    "Direction",
+    "ConvKind",
+    "MLSTMBackend",
+]
+
+# Initial stabiliser state for the chunkwise kernels; see the module docstring.
+_M_INITIAL = -1.0e4
+# Above this sequence length the parallel backend's S x S matrices are worth a warning (4 GB per head at S=32768).
+_PARALLEL_WARN_S = 16384
+
+
+class MLSTMBackend(str, Enum):
+    """How the mLSTM sequence is computed.
+
+    - ``auto``: ``triton`` on CUDA when triton is importable (and the inputs are not float64), else ``chunkwise``;
+    - ``chunkwise``: ``mlstm_kernels`` ``chunkwise--native_autograd`` (pure PyTorch, linear in S);
+    - ``triton``: ``mlstm_kernels`` ``chunkwise--triton_xl_chunk`` (CUDA only);
+    - ``parallel``: ``mlstm_kernels`` ``parallel--native_autograd``, quadratic in S (the official code's form).
+    """
+
+    AUTO = "auto"
+    CHUNKWISE = "chunkwise"
+    TRITON = "triton"
+    PARALLEL = "parallel"
+
+
+class Direction(str, Enum):
+    """Traversal of a :class:`ViLStage`.
+
+    - ``forward``: one block, rows from the top-left (the official xLSTM-UNet code);
+    - ``bidirectional``: a pair of blocks, the second on the flipped sequence (Vision-LSTM's ``ViLBlockPair``).
+    """
+
+    FORWARD = "forward"
+    BIDIRECTIONAL = "bidirectional"
+
+
+class ConvKind(str, Enum):
+    """The convolution on the mLSTM branch of a :class:`ViLLayer`.
+
+    - ``causal1d``: causal depthwise conv1d along the sequence, kernel 4 (the official code, Vision-LSTM v1);
+    - ``grid``: depthwise ``Conv{1,2,3}d`` with kernel 3 on the spatial grid (Vision-LSTM 2's 2D conv, in N-d).
+    """
+
+    CAUSAL1D = "causal1d"
+    GRID = "grid"
+
+
+_KERNEL_NAMES = {
+    MLSTMBackend.CHUNKWISE: "chunkwise--native_autograd",
+    MLSTMBackend.TRITON: "chunkwise--triton_xl_chunk",
+    MLSTMBackend.PARALLEL: "parallel--native_autograd",
+}
+
+
+def _enum(enum_cls: type[Enum], value: str | Enum, name: str) -> Enum:
+    """``enum_cls(value)`` with an error that lists the valid choices."""
+    try:
+        return enum_cls(value)
+    except ValueError:
+        choices = [m.value for m in enum_cls]
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}") from None
+
+
+@lru_cache(maxsize=None)
+def _kernel(backend: MLSTMBackend) -> Callable[..., torch.Tensor]:
+    from mlstm_kernels.torch import get_mlstm_kernel
+
+    try:
+        return get_mlstm_kernel(_KERNEL_NAMES[backend])
+    except ValueError as err:  # triton kernels are not registered when triton is missing
+        raise ValueError(f"mLSTM backend {backend.value!r} is not available here: {err}") from err
+
+
+@lru_cache(maxsize=None)
+def _triton_available() -> bool:
+    try:
+        _kernel(MLSTMBackend.TRITON)
+    except (ValueError, ImportError):
+        return False
+    return True
+
+
+def _resolve_backend(backend: str | MLSTMBackend, device: torch.device, dtype: torch.dtype) -> MLSTMBackend:
+    choice = _enum(MLSTMBackend, backend, "backend")
+    if choice is MLSTMBackend.AUTO:
+        if device.type == "cuda" and dtype != torch.float64 and _triton_available():
+            return MLSTMBackend.TRITON
+        return MLSTMBackend.CHUNKWISE
+    if choice is MLSTMBackend.TRITON:
+        if device.type != "cuda":
+            raise ValueError(f"backend 'triton' needs CUDA tensors, got device {device}")
+        if dtype == torch.float64:
+            raise ValueError("backend 'triton' does not support float64; use 'chunkwise' or 'parallel'")
+    return choice
+
+
+def mlstm(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    *,
+    backend: str | MLSTMBackend = "auto",
+    chunk_size: int = 64,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """The mLSTM sequence map with exponential input gate and sigmoid forget gate (stabilised, normalised).
+
+    ``h_t = (sum_{j<=t} d_tj (q_t . k_j / sqrt(DH)) v_j) / (max(|sum_{j<=t} d_tj q_t . k_j / sqrt(DH)|, 1) + eps')``
+    with ``d_tj = exp(i_j + sum_{j<l<=t} logsigmoid(f_l))``, computed in the stabilised form of
+    ``parallel_stabilized_simple`` (Vision-LSTM) / ``mlstm_kernels``.
+
+    Args:
+        q, k: queries and keys, ``(B, NH, S, DH)``.
+        v: values, ``(B, NH, S, DHV)``.
+        i, f: input- and forget-gate pre-activations, ``(B, NH, S)``.
+        backend: see :class:`MLSTMBackend`; ``auto`` (default) is triton chunkwise on CUDA, native chunkwise else.
+        chunk_size: chunk length of the chunkwise kernels (ignored by ``parallel``). S is zero-padded at the end to
+            a multiple of it; the real tokens' outputs are unchanged because the recurrence is causal.
+        eps: the kernels' ``eps`` in the normaliser.
+
+    Returns:
+        ``h``, ``(B, NH, S, DHV)``, in float32, or float64 if ``q`` is float64, whatever the autocast state.
+
+    Raises:
+        ValueError: on inconsistent shapes, a non-positive ``chunk_size``, an unknown backend, ``triton`` without
+            CUDA or with float64.
+    """
+    if q.dim() != 4:
+        raise ValueError(f"q must be (B, NH, S, DH), got shape {tuple(q.shape)}")
+    B, NH, S, DH = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"k must have q's shape {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be (B, NH, S, DHV) = ({B}, {NH}, {S}, DHV), got {tuple(v.shape)}")
+    for name, gate in (("i", i), ("f", f)):
+        if gate.shape != (B, NH, S):
+            raise ValueError(f"{name} must be (B, NH, S) = ({B}, {NH}, {S}), got {tuple(gate.shape)}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    choice = _resolve_backend(backend, q.device, dtype)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v, i, f = (t.to(dtype) for t in (q, k, v, i, f))
+        if choice is MLSTMBackend.PARALLEL:
+            if S > _PARALLEL_WARN_S:
+                warnings.warn(
+                    f"mLSTM backend 'parallel' at S={S} materialises {B * NH} S x S matrices "
+                    f"(~{B * NH * S * S * q.element_size() / 2**30:.0f} GiB each copy); use 'chunkwise'",
+                    stacklevel=2,
+                )
+            return _kernel(choice)(q=q, k=k, v=v, i=i, f=f, eps=eps)
+
+        pad = (-S) % chunk_size
+        if pad:
+            # zero-pad the END of the sequence dim: (B, NH, S + pad, DH) / (B, NH, S + pad)
+            q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+            i, f = (F.pad(t, (0, pad)) for t in (i, f))
+        DHV = v.shape[-1]
+        c0 = q.new_zeros(B, NH, DH, DHV)  # (B, NH, DH, DHV)
+        n0 = q.new_zeros(B, NH, DH)  # (B, NH, DH)
+        m0 = q.new_full((B, NH, 1), _M_INITIAL)  # (B, NH, 1)
+        h = _kernel(choice)(
+            q=q,
+            k=k,
+            v=v,
+            i=i,
+            f=f,
+            c_initial=c0,
+            n_initial=n0,
+            m_initial=m0,
+            chunk_size=chunk_size,
+            eps=eps,
+            return_last_states=False,
+        )  # (B, NH, S + pad, DHV)
+        return h[:, :, :S] if pad else h
+
+
+class MLSTMCell(nn.Module):
+    """mLSTM cell: input/forget gates from ``concat(q, k, v)``, the mLSTM (:func:`mlstm`), multi-head LayerNorm.
+
+    ``(q, k, v): 3 x (B, S, DI) -> (B, S, DI)``. Gates, kernel and norm run in float32 (float64 for float64 input)
+    with autocast disabled.
+
+    Args:
+        dim: DI, the inner dimension; must be divisible by ``num_heads``.
+        num_heads: NH.
+        backend, chunk_size: passed to :func:`mlstm`.
+
+    Initialisation (Vision-LSTM): gate weights zero, forget-gate bias linspace(3, 6) over heads, input-gate bias
+    normal(0, 0.1), norm weight 1 (stored as a residual 0).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        backend: str | MLSTMBackend = MLSTMBackend.AUTO,
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim must be divisible by num_heads, got dim={dim}, num_heads={num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.backend = _enum(MLSTMBackend, backend, "backend")
+        self.chunk_size = chunk_size
+        self.igate = nn.Linear(3 * dim, num_heads)
+        self.fgate = nn.Linear(3 * dim, num_heads)
+        self.outnorm = MultiHeadLayerNorm(ndim=dim, weight=True, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Vision-LSTM's init of the gates and the output norm."""
+        self.outnorm.reset_parameters()
+        nn.init.zeros_(self.fgate.weight)
+        bias_linspace_init_(self.fgate.bias, start=3.0, end=6.0)
+        nn.init.zeros_(self.igate.weight)
+        nn.init.normal_(self.igate.bias, mean=0.0, std=0.1)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``q, k, v``: ``(B, S, DI)`` -> ``(B, S, DI)`` in float32 (float64 for float64 input)."""
+        B, S, _ = q.shape
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q, k, v = (t.to(dtype) for t in (q, k, v))
+            gate_in = torch.cat([q, k, v], dim=-1)  # (B, S, 3 * DI)
+            i = self.igate(gate_in.to(self.igate.weight.dtype)).to(dtype).transpose(1, 2)  # (B, NH, S)
+            f = self.fgate(gate_in.to(self.fgate.weight.dtype)).to(dtype).transpose(1, 2)  # (B, NH, S)
+            # (B, S, DI) -> (B, S, NH, DH) -> (B, NH, S, DH)
+            q, k, v = (t.view(B, S, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+            h = mlstm(q, k, v, i, f, backend=self.backend, chunk_size=self.chunk_size)  # (B, NH, S, DH)
+            h = self.outnorm(h.to(self.outnorm.weight.dtype))  # (B, NH, S, DH)
+            return h.transpose(1, 2).reshape(B, S, self.dim)  # (B, NH, S, DH) -> (B, S, NH, DH) -> (B, S, DI)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, backend={self.backend.value}, chunk_size={self.chunk_size}"
+
+
+class ViLLayer(nn.Module):
+    """The ViL layer (Vision-LSTM's mLSTM layer): ``(B, S, D) -> (B, S, D)``.
+
+    1. ``proj_up`` to ``2 * DI`` and split into the mLSTM branch ``x`` and the gate branch ``z``;
+    2. conv on ``x`` (``causal1d`` k=4 along the sequence, or ``grid`` k=3 on the spatial grid), then SiLU;
+    3. ``q``, ``k`` from the conv output, ``v`` from ``x``, each a headwise linear in blocks of ``qkv_block_size``;
+    4. :class:`MLSTMCell` (gates from ``concat(q, k, v)``, mLSTM, multi-head LayerNorm);
+    5. plus ``learnable_skip * conv output``; 6. times ``SiLU(z)``; 7. ``proj_down`` to D.
+
+    The sequence is processed in the order given (no flip here; see :class:`ViLBlock`).
+
+    Args:
+        dim: D, the token dimension.
+        expansion: DI = expansion * D (default 2).
+        num_heads: mLSTM heads (default 4, as the official code). If DI is not divisible by it, the largest common
+            divisor is used, with a warning (the official code falls back to 2 heads in that case).
+        qkv_block_size: block size of the headwise q/k/v projections (default 4). If DI is not divisible by it,
+            the largest common divisor is used, with a warning (the official code falls back to 2).
+        conv_kind: see :class:`ConvKind` (default ``causal1d``).
+        spatial_dims: number of spatial dims of the grid; required for ``conv_kind="grid"``, ignored otherwise.
+        backend, chunk_size: passed to :func:`mlstm`.
+
+    Initialisation (Vision-LSTM): ``proj_up`` and q/k/v small-init with ``dim=D``, ``proj_down`` Wang-init with
+    one block, learnable skip ones, conv PyTorch default, cell see :class:`MLSTMCell`. No biases on the linear
+    projections; the conv has a bias.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        expansion: int = 2,
+        num_heads: int = 4,
+        qkv_block_size: int = 4,
+        conv_kind: str | ConvKind = ConvKind.CAUSAL1D,
+        spatial_dims: int | None = None,
+        backend: str | MLSTMBackend = MLSTMBackend.AUTO,
+        chunk_size: int = 64,
+    ) -> None:
+        super().__init__()
+        if dim < 1 or expansion < 1:
+            raise ValueError(f"dim and expansion must be positive, got dim={dim}, expansion={expansion}")
+        inner = expansion * dim
+        num_heads = _divisor_or_warn(inner, num_heads, "num_heads")
+        qkv_block_size = _divisor_or_warn(inner, qkv_block_size, "qkv_block_size")
+        self.dim = dim
+        self.inner_dim = inner
+        self.conv_kind = _enum(ConvKind, conv_kind, "conv_kind")
+
+        self.proj_up = nn.Linear(dim, 2 * inner, bias=False)
+        qkv_config = LinearHeadwiseExpandConfig(in_features=inner, num_heads=inner // qkv_block_size, bias=False)
+        self.q_proj = LinearHeadwiseExpand(qkv_config)
+        self.k_proj = LinearHeadwiseExpand(qkv_config)
+        self.v_proj = LinearHeadwiseExpand(qkv_config)
+        self.conv: nn.Module
+        if self.conv_kind is ConvKind.CAUSAL1D:
+            self.spatial_dims = None
+            self.conv = CausalConv1d(CausalConv1dConfig(feature_dim=inner, kernel_size=4, causal_conv_bias=True))
+        else:
+            if spatial_dims not in (1, 2, 3):
+                raise ValueError(f"conv_kind='grid' needs spatial_dims in (1, 2, 3), got {spatial_dims!r}")
+            self.spatial_dims = spatial_dims
+            conv_op = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[spatial_dims - 1]
+            self.conv = conv_op(inner, inner, kernel_size=3, padding=1, groups=inner, bias=True)
+        self.mlstm_cell = MLSTMCell(inner, num_heads, backend=backend, chunk_size=chunk_size)
+        self.learnable_skip = nn.Parameter(torch.ones(inner))
+        self.proj_down = nn.Linear(inner, dim, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Vision-LSTM's init (see the class docstring)."""
+        small_init_init_(self.proj_up.weight, dim=self.dim)
+        wang_init_(self.proj_down.weight, dim=self.dim, num_blocks=1)
+        nn.init.ones_(self.learnable_skip)
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            small_init_init_(proj.weight, dim=self.dim)
+        self.conv.reset_parameters()
+        self.mlstm_cell.reset_parameters()
+
+    def _conv(self, x: torch.Tensor, spatial_shape: Sequence[int] | None) -> torch.Tensor:
+        if self.conv_kind is ConvKind.CAUSAL1D:
+            return self.conv(x)  # (B, S, DI)
+        if spatial_shape is None:
+            raise ValueError("conv_kind='grid' needs spatial_shape in forward (the grid that the tokens flatten)")
+        spatial_shape = tuple(int(s) for s in spatial_shape)
+        B, S, DI = x.shape
+        if len(spatial_shape) != self.spatial_dims or math.prod(spatial_shape) != S:
+            raise ValueError(
+                f"spatial_shape must have {self.spatial_dims} dims with product S={S}, got {spatial_shape}"
+            )
+        grid = x.transpose(1, 2).reshape(B, DI, *spatial_shape)  # (B, S, DI) -> (B, DI, *spatial)
+        return self.conv(grid).flatten(2).transpose(1, 2)  # (B, DI, *spatial) -> (B, S, DI)
+
+    def forward(self, x: torch.Tensor, spatial_shape: Sequence[int] | None = None) -> torch.Tensor:
+        """``x``: ``(B, S, D)``; ``spatial_shape``: the grid of the S tokens (needed by ``grid`` conv only).
+
+        Returns ``(B, S, D)``.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"expected (B, S, D={self.dim}), got {tuple(x.shape)}")
+        x_mlstm, z = self.proj_up(x).chunk(2, dim=-1)  # 2 x (B, S, DI)
+        x_conv = F.silu(self._conv(x_mlstm, spatial_shape))  # (B, S, DI)
+        q = self.q_proj(x_conv)  # (B, S, DI)
+        k = self.k_proj(x_conv)  # (B, S, DI)
+        v = self.v_proj(x_mlstm)  # (B, S, DI)
+        h = self.mlstm_cell(q, k, v)  # (B, S, DI), float32
+        h = (h + self.learnable_skip * x_conv) * F.silu(z)  # (B, S, DI)
+        return self.proj_down(h)  # (B, S, D)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, inner_dim={self.inner_dim}, conv_kind={self.conv_kind.value}"
+
+
+def _divisor_or_warn(total: int, wanted: int, name: str) -> int:
+    if wanted < 1:
+        raise ValueError(f"{name} must be positive, got {wanted}")
+    if total % wanted == 0:
+        return wanted
+    used = math.gcd(total, wanted)
+    warnings.warn(
+        f"inner dim {total} is not divisible by {name}={wanted}; using {name}={used}", stacklevel=3
+    )
+    return used
+
+
+class ViLBlock(nn.Module):
+    """Pre-norm residual ViL block: ``x + ViLLayer(LayerNorm(x))``, ``(B, S, D) -> (B, S, D)``.
+
+    Args:
+        dim: D.
+        reverse: traverse from the end (flip the sequence, run the layer, flip back); Vision-LSTM's
+            ``ROWWISE_FROM_BOT_RIGHT``. Default ``False`` (rows from the top-left).
+        **layer_kwargs: keyword arguments of :class:`ViLLayer` (expansion, num_heads, qkv_block_size, conv_kind,
+            spatial_dims, backend, chunk_size).
+
+    The norm is ``xlstm``'s LayerNorm without bias (weight stored as a residual around 1), as Vision-LSTM.
+    """
+
+    def __init__(self, dim: int, *, reverse: bool = False, **layer_kwargs) -> None:
+        super().__init__()
+        self.dim = dim
+        self.reverse = bool(reverse)
+        self.norm = LayerNorm(ndim=dim, weight=True, bias=False)
+        self.layer = ViLLayer(dim, **layer_kwargs)
+
+    def reset_parameters(self) -> None:
+        """Reset the norm and the layer (Vision-LSTM's init)."""
+        self.norm.reset_parameters()
+        self.layer.reset_parameters()
+
+    def forward(self, x: torch.Tensor, spatial_shape: Sequence[int] | None = None) -> torch.Tensor:
+        """``x``: ``(B, S, D)`` -> ``(B, S, D)``; ``spatial_shape`` as in :meth:`ViLLayer.forward`.
+
+        With ``reverse``, flipping the sequence flips every spatial axis of the grid, so ``spatial_shape`` stays.
+        """
+        y = self.norm(x)  # (B, S, D)
+        if self.reverse:
+            y = self.layer(y.flip(1), spatial_shape).flip(1)
+        else:
+            y = self.layer(y, spatial_shape)
+        return x + y
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, reverse={self.reverse}"
+
+
+class ViLStage(nn.Module):
+    """ViL on a feature map: flatten to tokens, ViL block(s) (each ``x + ViLLayer(LayerNorm(x))``), reshape back.
+
+    ``(B, C, *spatial) -> (B, C, *spatial)`` for 1D, 2D or 3D maps.
+
+    As in the official xLSTM-UNet code, the stage's only LayerNorm is the block's pre-norm (the official ``ViLLayer``
+    also constructs an outer ``nn.LayerNorm`` but never calls it; we do not create it).
+
+    Token modes:
+        - patch tokens (default): S = N = prod(spatial) voxels, token dim D = C;
+        - channel tokens (official trick for small maps): S = C channels, token dim D = prod(feature_size). The
+          input's spatial size must then equal ``feature_size``. Auto (``channel_tokens=None``) turns it on iff
+          ``feature_size`` is given, ``prod(feature_size) <= channels`` and ``conv_kind`` is ``causal1d`` (a grid
+          conv needs voxel tokens).
+
+    Args:
+        channels: C.
+        feature_size: the spatial size this stage will see (needed for channel tokens and to infer
+            ``spatial_dims``); ``None`` if unknown.
+        directions: ``forward`` (default; one block, as the official code) or ``bidirectional`` (a forward and a
+            reversed block, as Vision-LSTM's ``ViLBlockPair``).
+        conv_kind: ``causal1d`` (default, official) or ``grid`` (depthwise k=3 conv on the spatial grid).
+        backend: mLSTM backend (default ``auto``: triton on CUDA, native chunkwise on CPU), see :class:`MLSTMBackend`.
+        num_heads: mLSTM heads (default 4).
+        expansion: inner-dim factor (default 2).
+        chunk_size: chunkwise kernel chunk length (default 64).
+        channel_tokens: ``True``/``False`` to force a token mode; ``None`` (default) = auto, see above.
+        spatial_dims: number of spatial dims, needed for ``conv_kind="grid"`` when ``feature_size`` is ``None``.
+
+    Raises:
+        ValueError: on invalid options, channel tokens without ``feature_size`` or with ``grid`` conv, ``grid`` conv
+            without a known number of spatial dims; in ``forward``, on a channel count or (channel-token mode)
+            spatial size that does not match.
+
+    Examples::
+
+        >>> stage = ViLStage(32)                                      # 2D or 3D, patch tokens
+        >>> stage(torch.randn(2, 32, 16, 16)).shape
+        torch.Size([2, 32, 16, 16])
+        >>> stage = ViLStage(64, feature_size=(4, 4, 4), directions="bidirectional")   # channel tokens (64 <= 64)
+        >>> stage(torch.randn(1, 64, 4, 4, 4)).shape
+        torch.Size([1, 64, 4, 4, 4])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        feature_size: Sequence[int] | None = None,
+        directions: str | Direction = Direction.FORWARD,
+        conv_kind: str | ConvKind = ConvKind.CAUSAL1D,
+        backend: str | MLSTMBackend = MLSTMBackend.AUTO,
+        num_heads: int = 4,
+        expansion: int = 2,
+        chunk_size: int = 64,
+        channel_tokens: bool | None = None,
+        spatial_dims: int | None = None,
+    ) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be positive, got {channels}")
+        self.channels = channels
+        self.directions = _enum(Direction, directions, "directions")
+        conv = _enum(ConvKind, conv_kind, "conv_kind")
+        self.feature_size = None if feature_size is None else tuple(int(s) for s in feature_size)
+        if self.feature_size is not None:
+            if not 1 <= len(self.feature_size) <= 3 or min(self.feature_size) < 1:
+                raise ValueError(f"feature_size must be 1 to 3 positive sizes, got {feature_size!r}")
+            if spatial_dims is not None and spatial_dims != len(self.feature_size):
+                raise ValueError(
+                    f"spatial_dims={spatial_dims} does not match feature_size {self.feature_size} "
+                    f"({len(self.feature_size)} dims)"
+                )
+            spatial_dims = len(self.feature_size)
+
+        if channel_tokens is None:
+            channel_tokens = (
+                self.feature_size is not None
+                and math.prod(self.feature_size) <= channels
+                and conv is ConvKind.CAUSAL1D
+            )
+        elif channel_tokens:
+            if self.feature_size is None:
+                raise ValueError("channel_tokens=True needs feature_size (the token dim is prod(feature_size))")
+            if conv is ConvKind.GRID:
+                raise ValueError("channel_tokens=True cannot use conv_kind='grid': channel tokens have no grid")
+        self.channel_tokens = bool(channel_tokens)
+        if conv is ConvKind.GRID and spatial_dims is None:
+            raise ValueError("conv_kind='grid' needs feature_size or spatial_dims to build its Conv{1,2,3}d")
+
+        dim = math.prod(self.feature_size) if self.channel_tokens else channels
+        reverses = (False,) if self.directions is Direction.FORWARD else (False, True)
+        self.blocks = nn.ModuleList(
+            ViLBlock(
+                dim,
+                reverse=reverse,
+                expansion=expansion,
+                num_heads=num_heads,
+                conv_kind=conv,
+                spatial_dims=spatial_dims,
+                backend=backend,
+                chunk_size=chunk_size,
+            )
+            for reverse in reverses
+        )
+
+    def reset_parameters(self) -> None:
+        """Reset every block (Vision-LSTM's init)."""
+        for block in self.blocks:
+            block.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, C, *spatial)`` -> ``(B, C, *spatial)``."""
+        if x.dim() < 3 or x.shape[1] != self.channels:
+            raise ValueError(f"expected (B, C={self.channels}, *spatial), got {tuple(x.shape)}")
+        B, C, *spatial = x.shape
+        if self.channel_tokens:
+            if tuple(spatial) != self.feature_size:
+                raise ValueError(
+                    f"channel-token mode was built for spatial size {self.feature_size}, got {tuple(spatial)}"
+                )
+            tokens = x.flatten(2)  # (B, C, *spatial) -> (B, S=C, D=N)
+            for block in self.blocks:
+                tokens = block(tokens)
+            return tokens.reshape(B, C, *spatial)  # (B, C, N) -> (B, C, *spatial)
+        tokens = x.flatten(2).transpose(1, 2)  # (B, C, *spatial) -> (B, S=N, D=C)
+        for block in self.blocks:
+            tokens = block(tokens, spatial)
+        return tokens.transpose(1, 2).reshape(B, C, *spatial)  # (B, N, C) -> (B, C, *spatial)
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, feature_size={self.feature_size}, directions={self.directions.value}, "
+            f"channel_tokens={self.channel_tokens}"
+        )
