@@ -10,6 +10,7 @@ phantom3d          902   Dataset902_Phantom3D    brats       SYNTHETIC, generate
 kvasir_seg         911   Dataset911_KvasirSEG    endoscopy   shared data ``kvasir_seg`` (or the Kvasir-SEG release)
 ctc_nuclei         912   Dataset912_CTCNuclei    cells       shared data ``ctc_nuclei``
 pgbm_brain_mri     913   Dataset913_PGBMBrainMRI generic     shared data ``pgbm_brain_mri`` (split by patient)
+generic            990   Dataset990_<name>       (option)    any images/ + masks/ folder with a user label map
 =================  ====  ======================  ==========  =====================================================
 
 Use :func:`convert` (or ``xlstm-unet convert NAME``); each module also documents its raw layout and format source.
@@ -33,6 +34,7 @@ from ._common import (
     write_dataset,
 )
 from .ctc_nuclei import CTC_NUCLEI
+from .generic import GENERIC
 from .kvasir_seg import KVASIR_SEG
 from .pgbm_brain_mri import PGBM_BRAIN_MRI
 from .phantom import PHANTOM2D, PHANTOM3D
@@ -53,7 +55,7 @@ __all__ = [
 
 #: The registry: dataset name -> :class:`DatasetInfo` (default id, folder name, protocol, builder).
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
-    PHANTOM2D, PHANTOM3D, KVASIR_SEG, CTC_NUCLEI, PGBM_BRAIN_MRI)}
+    PHANTOM2D, PHANTOM3D, KVASIR_SEG, CTC_NUCLEI, PGBM_BRAIN_MRI, GENERIC)}
 
 
 def convert(name: str, *, source: str | Path | None = None, out_root: str | Path | None = None,
