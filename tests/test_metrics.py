@@ -346,13 +346,13 @@ def test_compare_methods_table():
     base = rng.uniform(0.6, 0.8, 12)
     ref = pd.DataFrame({"case": cases, "dice_mean": base})
     better = {c: v + 0.05 + 1e-3 * i for i, (c, v) in enumerate(zip(cases, base))}  # distinct diffs
-    worse = pd.DataFrame({"case": cases + ["extra"], "dice_mean": list(base - 0.03) + [0.1]})
+    worse = pd.DataFrame({"case": cases + ["extra"], "dice_mean": list(base - 0.03 + 1e-4 * np.arange(12)) + [0.1]})
     with pytest.warns(UserWarning, match="dropped"):
         t = M.compare_methods({"nnunet": ref, "xlstm": better, "worse": worse}, "nnunet", "dice_mean", n_boot=500)
     assert list(t.index) == ["nnunet", "xlstm", "worse"]
     assert (t["n"] == 12).all()
     assert t.loc["xlstm", "diff"] == pytest.approx(0.05 + 1e-3 * 5.5)
-    assert t.loc["worse", "diff"] == pytest.approx(-0.03)
+    assert t.loc["worse", "diff"] == pytest.approx(-0.03 + 1e-4 * 5.5)
     assert t.loc["xlstm", "mean"] == pytest.approx(base.mean() + 0.05 + 1e-3 * 5.5)
     assert t.loc["xlstm", "std"] == pytest.approx((base + 1e-3 * np.arange(12)).std())
     assert bool(t.loc["xlstm", "better"]) and not bool(t.loc["worse", "better"])
