@@ -82,7 +82,8 @@ class Experiment:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """A parsed config: the base (and working) folder, where outputs go, the kernel, the per-cell timeout, and the experiments in order."""
+    """A parsed config: the base (and working) folder, where outputs go, the kernel, the per-cell timeout, and the
+    experiments in order."""
 
     path: Path
     base_dir: Path
@@ -171,8 +172,8 @@ def load_config(path: str | os.PathLike) -> BatchConfig:
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise _err(path, f"'timeout' must be a positive number of seconds or null, got {timeout!r}")
     kernel = raw.get("kernel") or "python3"
-    return BatchConfig(path=path, base_dir=base, output_dir=resolve(raw["output_dir"], "output_dir"), kernel=str(kernel),
-                       timeout=timeout, experiments=tuple(experiments))
+    return BatchConfig(path=path, base_dir=base, output_dir=resolve(raw["output_dir"], "output_dir"),
+                       kernel=str(kernel), timeout=timeout, experiments=tuple(experiments))
 
 
 def _paths(cfg: BatchConfig, exp: Experiment) -> tuple[Path, Path]:

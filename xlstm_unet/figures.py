@@ -318,7 +318,7 @@ def results_numbers(
                 if paper and paper_key is not None:
                     pv = paper_results.paper_value(paper_key, method, metric)
                     if pv is not None:
-                        row["paper_mean"], row["paper_std"], row["paper_note"] = pv.mean_fraction, pv.std_fraction, pv.note
+                        row.update(paper_mean=pv.mean_fraction, paper_std=pv.std_fraction, paper_note=pv.note)
                 if ref_vals is not None and method != reference and finite.size:
                     joined = pd.concat([finite.rename("a"), ref_vals.rename("b")], axis=1, join="inner").dropna()
                     row["n_paired"] = int(len(joined))

@@ -483,7 +483,7 @@ class SliceViewer:
         first = data.case_names[0]
         self.case = w.Dropdown(options=data.case_names, value=first, description="case")
         self.axis = w.ToggleButtons(options=[a.value for a in ViewAxis], value=ViewAxis.AXIAL.value,
-                                    description="axis")
+                                    style={"button_width": "80px"})
         self.slice = w.IntSlider(min=0, max=0, value=0, description="slice", continuous_update=False)
         ch_opts: list[tuple[str, int | None]] = [(n, i) for i, n in enumerate(data.channel_names)]
         if data.is_rgb():
@@ -497,7 +497,7 @@ class SliceViewer:
         self.image = w.Image(format="png")
         self.widget = w.VBox([
             w.HBox([self.case, self.channel, self.opacity]),
-            w.HBox([self.axis, self.slice]),
+            w.HBox([w.Label("axis"), self.axis, self.slice]),
             w.HBox([w.Label("methods"), *self.method_toggles.values()]),
             self.title,
             self.image,
