@@ -1,0 +1,242 @@
+"""Train-step time and peak memory of XLSTMUNet (bot, enc, enc_official) against nnU-Net's ResidualEncoderUNet.
+
+Usage::
+
+    .venv/bin/python benchmarks/train_step.py --json                 # CPU, 2D 256x256 and 3D 32x96x96, batch 2
+    .venv/bin/python benchmarks/train_step.py --json --quick         # tiny sizes, to check that it runs
+    python benchmarks/train_step.py --json --device cuda --paper-sizes   # GPU: 2D 320x320 b12, 3D 48x160x224 b2
+
+``--json`` prints ONE JSON object on stdout (progress goes to stderr)::
+
+    {"device": "cpu", "amp": false, "repeats": 3,
+     "rows": [{"model": str, "dim": 2|3, "size": [..], "batch": int, "params": int, "step_s": float,
+               "peak_mb": float, "peak_rss_mb": float, "vil_stages": [int, ...]}, ...]}
+
+- Models: ``resenc`` (dynamic-network-architectures' ResidualEncoderUNet) and XLSTMUNet with ``vil_placement`` =
+  ``bot``, ``enc``, ``enc_official``; all share the same stages, blocks and decoder, so the differences are the ViL
+  modules. XLSTMUNet gets the patch size (as nnU-Net plans give it), so deep stages whose voxel count is at most C use
+  channel tokens.
+- Configurations (nnU-Net ResEnc block counts, decoder 1 block per stage, 1 input channel, 4 classes, deep
+  supervision on): 2D 256x256, 7 stages, features 32..512, strides 1, 2, ..., 2; 3D 32x96x96, 5 stages, features
+  32..320, strides [1,1,1], [1,2,2], [2,2,2] x 3.
+- One train step = forward, deep-supervision cross-entropy (nnU-Net's 1/2^i weights), backward, AdamW step. ``step_s``
+  is the median of ``--repeats`` steps after ``--warmup`` steps.
+- Every (model, dim) runs in its own subprocess. ``peak_rss_mb`` is that process's max RSS (it includes the ~0.5 GB
+  of the imported libraries). ``peak_mb`` is the peak RSS on CPU and ``torch.cuda.max_memory_allocated`` on CUDA.
+- On CUDA the step runs under bf16 autocast (nnU-Net trains with AMP; bf16 needs no grad scaler), unless ``--no-amp``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger("train_step")
+
+MODELS = ("resenc", "bot", "enc", "enc_official")
+DIMS = (2, 3)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One benchmark configuration; ``strides[s]`` and ``size`` are per spatial axis."""
+
+    size: tuple[int, ...]
+    batch: int
+    features: tuple[int, ...]
+    strides: tuple[tuple[int, ...], ...]
+    blocks: tuple[int, ...]
+    input_channels: int = 1
+    num_classes: int = 4
+
+
+def get_config(dim: int, *, quick: bool, paper_sizes: bool) -> Config:
+    """The configuration for ``dim`` (2 or 3); ``quick`` gives tiny sizes, ``paper_sizes`` the paper's patches."""
+    if quick:
+        if dim == 2:
+            return Config((32, 32), 2, (8, 16, 16, 16), ((1, 1),) + ((2, 2),) * 3, (1, 1, 1, 1))
+        return Config((8, 16, 16), 2, (8, 8, 16, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)), (1, 1, 1, 1))
+    if dim == 2:
+        size, batch = ((320, 320), 12) if paper_sizes else ((256, 256), 2)
+        return Config(size, batch, (32, 64, 128, 256, 512, 512, 512), ((1, 1),) + ((2, 2),) * 6, (1, 3, 4, 6, 6, 6, 6))
+    size = (48, 160, 224) if paper_sizes else (32, 96, 96)
+    return Config(size, 2, (32, 64, 128, 256, 320), ((1, 1, 1), (1, 2, 2)) + ((2, 2, 2),) * 3, (1, 3, 4, 6, 6))
+
+
+def build_model(model: str, dim: int, config: Config):
+    """Build ``model`` for ``config`` with nnU-Net's kwargs and init (``network.apply(network.initialize)``)."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    from torch import nn
+
+    from xlstm_unet.networks import XLSTMUNet
+
+    n_stages = len(config.features)
+    kwargs = dict(
+        input_channels=config.input_channels,
+        n_stages=n_stages,
+        features_per_stage=list(config.features),
+        conv_op=nn.Conv2d if dim == 2 else nn.Conv3d,
+        kernel_sizes=[[3] * dim] * n_stages,
+        strides=[list(s) for s in config.strides],
+        num_classes=config.num_classes,
+        n_conv_per_stage_decoder=[1] * (n_stages - 1),
+        conv_bias=True,
+        norm_op=nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU,
+        nonlin_kwargs={"inplace": True},
+        deep_supervision=True,
+    )
+    if model == "resenc":
+        net = ResidualEncoderUNet(**kwargs, n_blocks_per_stage=list(config.blocks))
+    elif model in MODELS:
+        net = XLSTMUNet(
+            **kwargs, n_blocks_per_stage=list(config.blocks), vil_placement=model, patch_size=list(config.size)
+        )
+    else:
+        raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
+    net.apply(net.initialize)
+    return net
+
+
+def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool, warmup: int, repeats: int) -> dict:
+    """Time ``warmup + repeats`` train steps of one model in this process; returns one result row."""
+    import torch
+    import torch.nn.functional as F
+
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    net = build_model(model, dim, config).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
+    x = torch.randn(config.batch, config.input_channels, *config.size, device=device)
+    # one target per deep-supervision output (highest resolution first), as nnU-Net's DS downsampling gives
+    targets, size = [], list(config.size)
+    for stride in config.strides[:-1]:
+        size = [s // st for s, st in zip(size, stride)]
+        targets.append(torch.randint(0, config.num_classes, (config.batch, *size), device=device))
+    weights = [1 / 2**i for i in range(len(targets))]
+    weights[-1] = 0.0  # nnU-Net drops the lowest-resolution output from the loss
+    total = sum(weights)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step() -> float:
+        sync()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            outputs = net(x)
+            loss = sum(w / total * F.cross_entropy(o.float(), t) for w, o, t in zip(weights, outputs, targets))
+        loss.backward()
+        optimizer.step()
+        sync()
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = [step() for _ in range(repeats)]
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb
+    return {
+        "model": model,
+        "dim": dim,
+        "size": list(config.size),
+        "batch": config.batch,
+        "params": sum(p.numel() for p in net.parameters()),
+        "step_s": statistics.median(times),
+        "peak_mb": peak_mb,
+        "peak_rss_mb": peak_rss_mb,
+        "vil_stages": list(getattr(net, "vil_stages", [])),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run); 1 timed step")
+    parser.add_argument("--paper-sizes", action="store_true", help="2D 320x320 batch 12, 3D 48x160x224 batch 2")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
+    parser.add_argument("--dims", default="2,3", help="comma-separated subset of 2,3")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps, median reported (default 3; 1 quick)")
+    parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "DIM"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick and args.paper_sizes:
+        parser.error("--quick and --paper-sizes exclude each other")
+    args.models = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(args.models) - set(MODELS))
+    if unknown or not args.models:
+        parser.error(f"--models: unknown {unknown}; expected a subset of {list(MODELS)}")
+    try:
+        args.dims = [int(d) for d in args.dims.split(",") if d]
+    except ValueError:
+        parser.error(f"--dims must be a comma-separated subset of 2,3, got {args.dims!r}")
+    if not args.dims or set(args.dims) - set(DIMS):
+        parser.error(f"--dims must be a comma-separated subset of 2,3, got {args.dims}")
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error(f"need --repeats >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    args.amp = args.device == "cuda" and not args.no_amp
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        model, dim = args.worker[0], int(args.worker[1])
+        config = get_config(dim, quick=args.quick, paper_sizes=args.paper_sizes)
+        row = run_worker(model, dim, config, args.device, args.amp, args.warmup, args.repeats)
+        sys.stdout.write(json.dumps(row) + "\n")
+        return 0
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    passthrough = ["--device", args.device, "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+    passthrough += ["--quick"] * args.quick + ["--paper-sizes"] * args.paper_sizes + ["--no-amp"] * args.no_amp
+    rows, failed = [], False
+    for dim in args.dims:
+        for model in args.models:
+            logger.info("%s %dD ...", model, dim)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", model, str(dim), *passthrough]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                failed = True
+                error = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+                logger.error("%s %dD failed: %s", model, dim, proc.stderr[-4000:])
+                config = get_config(dim, quick=args.quick, paper_sizes=args.paper_sizes)
+                rows.append({"model": model, "dim": dim, "size": list(config.size), "batch": config.batch,
+                             "params": None, "step_s": None, "peak_mb": None, "error": error})
+                continue
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            logger.info("  step %.3f s, peak %.0f MB, %d params", row["step_s"], row["peak_mb"], row["params"])
+            rows.append(row)
+    result = {"device": args.device, "amp": args.amp, "repeats": args.repeats, "rows": rows}
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        for row in rows:
+            sys.stdout.write(
+                f"{row['model']:>13} {row['dim']}D {row['size']} b{row['batch']}: "
+                f"step {row['step_s']} s, peak {row['peak_mb']} MB, params {row['params']}\n"
+            )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
