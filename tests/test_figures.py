@@ -188,7 +188,8 @@ STEP = {"device": "cpu", "rows": [
     {"model": m, "dim": d, "size": s, "batch": 2, "params": p, "step_s": t, "peak_mb": mb}
     for (m, p, t, mb) in (("resenc", 20_000_000, 7.3, 1700.0), ("bot", 25_000_000, 3.8, 2100.0))
     for d, s in ((2, [256, 256]), (3, [32, 96, 96]))
-]}
+] + [{"model": "enc", "dim": 2, "size": [256, 256], "batch": 2, "params": None, "step_s": None, "peak_mb": None,
+      "error": "out of memory"}]}
 
 
 def test_efficiency_tables_and_plots(tmp_path: Path) -> None:
@@ -204,9 +205,11 @@ def test_efficiency_tables_and_plots(tmp_path: Path) -> None:
     s = train_step_table(STEP)
     assert list(s.columns) == ["model", "dim", "size", "batch", "params (M)", "step_s", "peak_mb"]
     assert s.loc[0, "params (M)"] == 20.0 and s.loc[1, "size"] == "32×96×96"
+    assert s.iloc[-1][["params (M)", "step_s", "peak_mb"]].isna().all()  # did not finish: NaN, not a number
     fig = plot_train_step(STEP, tmp_path / "step")
     assert len(fig.axes) == 3 and (tmp_path / "step.pdf").is_file()
-    assert len(fig.axes[0].patches) == 4  # 2 models x 2 configurations
+    heights = [p.get_height() for p in fig.axes[0].patches]  # 3 models x 2 configurations
+    assert len(heights) == 6 and sorted(h for h in heights if np.isfinite(h)) == [3.8, 3.8, 7.3, 7.3]
 
 
 def test_benchmark_schema_errors(tmp_path: Path) -> None:

@@ -597,12 +597,15 @@ def vil_scaling_table(bench: str | os.PathLike | Mapping[str, Any]) -> pd.DataFr
 
 
 def train_step_table(bench: str | os.PathLike | Mapping[str, Any]) -> pd.DataFrame:
-    """Per-model train step: columns ``model, dim, size, batch, params (M), step_s, peak_mb``."""
+    """Per-model train step: columns ``model, dim, size, batch, params (M), step_s, peak_mb`` (NaN where a row
+    did not finish)."""
     obj = load_benchmark(bench)
     if obj["kind"] != "train_step":
         raise ValueError(f"expected train_step rows, got {obj['kind']}")
     df = pd.DataFrame(obj["rows"])
     df["size"] = df["size"].map(lambda s: "×".join(str(v) for v in s))
+    for col in ("params", "step_s", "peak_mb"):  # None (a row that did not finish) -> NaN
+        df[col] = pd.to_numeric(df[col], errors="coerce")
     df["params (M)"] = df.pop("params") / 1e6
     return df[["model", "dim", "size", "batch", "params (M)", "step_s", "peak_mb"]]
 
@@ -659,8 +662,7 @@ def plot_train_step(bench: str | os.PathLike | Mapping[str, Any], out_stem: str 
                                ("train step (s)", "peak memory (MB)", "parameters (M)")):
         for i, model in enumerate(models):
             sub = df[df["model"] == model].set_index("config")
-            vals = [float(sub.loc[c, qty]) if c in sub.index and sub.loc[c, qty] is not None else np.nan
-                    for c in configs]
+            vals = [float(sub.loc[c, qty]) if c in sub.index else np.nan for c in configs]
             ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=model)
         ax.set_xticks(x, configs, fontsize=8)
         ax.set_ylabel(ylabel)
