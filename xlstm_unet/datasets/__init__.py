@@ -10,6 +10,10 @@ phantom3d          902   Dataset902_Phantom3D    brats       SYNTHETIC, generate
 kvasir_seg         911   Dataset911_KvasirSEG    endoscopy   shared data ``kvasir_seg`` (or the Kvasir-SEG release)
 ctc_nuclei         912   Dataset912_CTCNuclei    cells       shared data ``ctc_nuclei``
 pgbm_brain_mri     913   Dataset913_PGBMBrainMRI generic     shared data ``pgbm_brain_mri`` (split by patient)
+amos_mri           701   Dataset701_AMOSMRI      abdomen     AMOS 2022 release (MRI ids > 500) / U-Mamba Dataset702
+endovis17          702   Dataset702_EndoVis17    endoscopy   EndoVis 2017 train/ + test/ instrument_dataset_<k>
+neurips_cells      703   Dataset703_NeurIPSCells cells       NeurIPS 2022 Training-labeled/ + Tuning/
+brats23            704   Dataset704_BraTS2023    brats       BraTS 2023 GLI training data (70/10/20 split)
 generic            990   Dataset990_<name>       (option)    any images/ + masks/ folder with a user label map
 =================  ====  ======================  ==========  =====================================================
 
@@ -33,9 +37,13 @@ from ._common import (
     percentile_to_uint8,
     write_dataset,
 )
+from .amos_mri import AMOS_MRI
+from .brats23 import BRATS23
 from .ctc_nuclei import CTC_NUCLEI
+from .endovis17 import ENDOVIS17
 from .generic import GENERIC
 from .kvasir_seg import KVASIR_SEG
+from .neurips_cells import NEURIPS_CELLS
 from .pgbm_brain_mri import PGBM_BRAIN_MRI
 from .phantom import PHANTOM2D, PHANTOM3D
 
@@ -55,7 +63,8 @@ __all__ = [
 
 #: The registry: dataset name -> :class:`DatasetInfo` (default id, folder name, protocol, builder).
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
-    PHANTOM2D, PHANTOM3D, KVASIR_SEG, CTC_NUCLEI, PGBM_BRAIN_MRI, GENERIC)}
+    PHANTOM2D, PHANTOM3D, KVASIR_SEG, CTC_NUCLEI, PGBM_BRAIN_MRI, AMOS_MRI, ENDOVIS17, NEURIPS_CELLS, BRATS23,
+    GENERIC)}
 
 
 def convert(name: str, *, source: str | Path | None = None, out_root: str | Path | None = None,

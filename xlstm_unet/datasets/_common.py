@@ -435,21 +435,29 @@ def _rso_has_max_size() -> bool:
     return "max_size" in inspect.signature(morphology.remove_small_objects).parameters
 
 
-def percentile_to_uint8(image: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
+def percentile_to_uint8(image: np.ndarray, lower: float = 1.0, upper: float = 99.0, *,
+                        nonzero: bool = True) -> np.ndarray:
     """Per-channel percentile normalisation to uint8 (the cell protocol): clip to [p_lower, p_upper], scale to 0-255.
 
+    With ``nonzero`` (default, as the NeurIPS 2022 cell baseline) the percentiles are taken over the channel's
+    non-zero pixels, so a large zero background does not pull them down. A channel that is all zero, or whose
+    percentile range is below 1e-3, is returned as 0.
+
     Args:
-        image: ``(H, W)`` or ``(H, W, C)``; a constant channel maps to 0.
+        image: ``(H, W)`` or ``(H, W, C)``, any real dtype.
     Returns:
-        uint8 array of the same shape.
+        uint8 array of the same shape (values rounded to the nearest integer).
     """
     img = np.asarray(image, dtype=np.float64)
     chans = img[..., None] if img.ndim == 2 else img
     out = np.zeros(chans.shape, dtype=np.uint8)
     for c in range(chans.shape[-1]):
         ch = chans[..., c]
-        lo, hi = np.percentile(ch, [lower, upper])
-        if hi > lo:
+        vals = ch[ch != 0] if nonzero else ch.ravel()
+        if vals.size == 0:
+            continue
+        lo, hi = np.percentile(vals, [lower, upper])
+        if hi - lo > 1e-3:
             out[..., c] = np.round(np.clip((ch - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
     return out[..., 0] if img.ndim == 2 else out
 

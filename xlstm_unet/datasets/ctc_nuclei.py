@@ -10,7 +10,8 @@ Raw layout::
 
 Conversion (the cell protocol of reference.md, as for NeurIPS 2022 cells):
 
-- images: per-image 1-99 percentile normalisation to uint8 (:func:`~._common.percentile_to_uint8`), one grey
+- images: per-image 1-99 percentile normalisation (of the non-zero pixels) to uint8
+  (:func:`~._common.percentile_to_uint8`), one grey
   channel; this also removes the HeLa offset;
 - labels: :func:`~._common.instances_to_3class` -> ``{background: 0, interior: 1, boundary: 2}``;
 - test instance labels are kept in ``labelsTs_instances/<case>.png`` (uint16) for the F1 evaluation.
