@@ -352,6 +352,7 @@ def score_folder(
             spacing="ground-truth header" if spacing is None else spacing,
             empty_dice_nsd="both empty -> 1, one empty -> 0",
             empty_hd95="both empty -> 0, one empty -> image diagonal in mm",
+            hd95="95th percentile of both directed edge-distance sets pooled (medpy hd95)",
         )
     elif protocol == "abdomen":
         if label_map is None:
@@ -404,6 +405,7 @@ def score_folder(
         both = (0.0, 50.0) if brats_both_empty == "segmamba" else (1.0, 0.0)
         conventions.update(
             regions={n: list(ids) for n, ids in brats_units.items()}, spacing=1.0 if spacing is None else spacing,
+            hd95="95th percentile of both directed edge-distance sets pooled (medpy hd95, as SegMamba)",
             one_empty="prediction or ground truth region empty -> Dice 0, HD95 50 (SegMamba)",
             both_empty=f"both empty -> Dice {both[0]:g}, HD95 {both[1]:g} ({brats_both_empty})",
             brats_both_empty=brats_both_empty,

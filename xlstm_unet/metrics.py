@@ -16,9 +16,9 @@ Conventions shared by all functions (the official U-Mamba / FLARE evaluation scr
   the image diagonal in mm, a finite worst case). The BraTS evaluator passes SegMamba's values instead.
 - Surface metrics use MONAI underneath: :func:`nsd` is ``monai.metrics.compute_surface_dice`` with
   ``use_subvoxels=True`` (surface elements weighted by their area, as in DeepMind's ``surface-distance`` package
-  that the official scripts use), :func:`hd95` is ``monai.metrics.compute_hausdorff_distance`` with
-  ``percentile=95`` (edge voxels = mask XOR its erosion, the symmetric HD95 = max of the two directed 95th
-  percentiles, as in medpy's ``hd95`` used by SegMamba).
+  that the official scripts use); :func:`hd95` takes the edge distances from MONAI and by default pools both
+  directions before the 95th percentile, as medpy's ``hd95`` that SegMamba uses (MONAI's own
+  ``compute_hausdorff_distance`` takes the larger of the two directed percentiles: ``aggregate="max_directed"``).
 """
 
 from __future__ import annotations
@@ -95,11 +95,10 @@ def as_spacing(spacing: float | Sequence[float], ndim: int) -> tuple[float, ...]
 
 
 def _monai_ready(p: np.ndarray, g: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (*spatial) float32 tensors for MONAI; surface metrics exist for 2D and 3D only."""
     if p.ndim not in (2, 3):
         raise ValueError(f"surface metrics need 2D or 3D masks, got {p.ndim} dims (shape {p.shape})")
-    # (1, 1, *spatial): MONAI's batch-first, one-hot channel layout
-    t = [torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None] for m in (p, g)]
-    return t[0], t[1]
+    return tuple(torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)) for m in (p, g))  # type: ignore
 
 
 def image_diagonal_mm(shape: Sequence[int], spacing: float | Sequence[float]) -> float:
@@ -164,8 +163,8 @@ def nsd(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # MONAI's own deprecated argument, used internally
         out = compute_surface_dice(
-            tp, tg, class_thresholds=[float(tolerance_mm)], include_background=True, spacing=list(sp),
-            use_subvoxels=True,
+            tp[None, None], tg[None, None], class_thresholds=[float(tolerance_mm)], include_background=True,
+            spacing=list(sp), use_subvoxels=True,
         )
     return float(out[0, 0])
 
@@ -177,13 +176,18 @@ def hd95(
     *,
     both_empty: float = 0.0,
     one_empty: float | None = None,
+    aggregate: Literal["pooled", "max_directed"] = "pooled",
 ) -> float:
-    """Symmetric 95th-percentile Hausdorff distance in the units of ``spacing``.
+    """95th-percentile Hausdorff distance in the units of ``spacing``.
 
-    ``max(P95(d(edge_P -> edge_G)), P95(d(edge_G -> edge_P)))`` where the edges are the mask voxels removed by one
-    binary erosion (face connectivity) and d is the Euclidean distance between voxel centres scaled by ``spacing``;
-    percentiles interpolate linearly. This is medpy's ``hd95`` (used by SegMamba) and is computed with
-    ``monai.metrics.compute_hausdorff_distance(percentile=95)``.
+    Edges are the mask voxels removed by one binary erosion (face connectivity); d(x -> Y) is the Euclidean distance
+    from the centre of edge voxel x to the nearest edge voxel centre of Y, scaled by ``spacing`` (both directed
+    distance sets come from ``monai.metrics.utils.get_edge_surface_distance``). Percentiles interpolate linearly.
+
+    - ``aggregate="pooled"`` (default): the 95th percentile of both directed sets together, i.e. medpy's
+      ``metric.binary.hd95``, which SegMamba's BraTS evaluation uses.
+    - ``aggregate="max_directed"``: ``max(P95(d(P -> G)), P95(d(G -> P)))``, the definition of
+      ``monai.metrics.compute_hausdorff_distance(percentile=95)``. It is >= the pooled value.
 
     Args:
         pred, gt: binary masks ``(H, W)`` or ``(D, H, W)`` of the same shape.
@@ -191,7 +195,10 @@ def hd95(
         both_empty: the value when both masks are empty (default 0.0).
         one_empty: the value when exactly one mask is empty; ``None`` (default) means the image diagonal in mm
             (:func:`image_diagonal_mm`), the largest distance possible inside the image. SegMamba uses 50.
+        aggregate: how the two directed distance sets are combined (see above).
     """
+    if aggregate not in ("pooled", "max_directed"):
+        raise ValueError(f"aggregate must be 'pooled' or 'max_directed', got {aggregate!r}")
     p, g = _pair(pred, gt)
     sp = as_spacing(spacing, p.ndim)
     has_p, has_g = bool(p.any()), bool(g.any())
@@ -199,16 +206,18 @@ def hd95(
         return float(both_empty)
     if not (has_p and has_g):
         return image_diagonal_mm(p.shape, sp) if one_empty is None else float(one_empty)
-    from monai.metrics import compute_hausdorff_distance
+    from monai.metrics.utils import get_edge_surface_distance
 
     tp, tg = _monai_ready(p, g)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        out = compute_hausdorff_distance(
-            tp, tg, include_background=True, distance_metric="euclidean", percentile=95, directed=False,
-            spacing=list(sp),
+        _, (d_pg, d_gp), _ = get_edge_surface_distance(
+            tp > 0, tg > 0, distance_metric="euclidean", spacing=list(sp), symmetric=True,
         )
-    return float(out[0, 0])
+    d_pg, d_gp = np.asarray(d_pg, dtype=np.float64), np.asarray(d_gp, dtype=np.float64)
+    if aggregate == "pooled":
+        return float(np.percentile(np.concatenate([d_pg, d_gp]), 95))
+    return float(max(np.percentile(d_pg, 95), np.percentile(d_gp, 95)))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
