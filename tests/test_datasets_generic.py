@@ -137,3 +137,27 @@ def test_cli_convert_phantom_and_generic(tmp_path, capsys):
     assert (tmp_path / "Dataset990_Masks" / "dataset.json").is_file()
     assert main(["convert", "phantom2d", "--labels", "background=0"]) == 2
     assert main(["convert", "phantom2d", "-o", "not an option"]) == 2
+
+
+def test_generic_float_tiff_goes_to_tif(tmp_path, monkeypatch):
+    """Float 2D images cannot be PNG: TIFF sources give ``.tif`` output with the float values kept exactly."""
+    import tifffile
+
+    rng = np.random.default_rng(7)
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    for k in range(3):
+        tifffile.imwrite(src / "images" / f"s{k}.tif", rng.normal(size=(16, 20)).astype(np.float32))
+        mask = np.zeros((16, 20), np.uint8)
+        mask[3:9, 4:12] = 1
+        tifffile.imwrite(src / "masks" / f"s{k}.tif", mask)
+    folder = convert("generic", source=src, out_root=tmp_path / "a", labels="background=0,fg=1", progress=False)
+    dj = json.loads((folder / "dataset.json").read_text())
+    assert dj["file_ending"] == ".tif" and dj["channel_names"] == {"0": "grey"}
+    cid = json.loads((folder / "split.json").read_text())["train"][0]
+    np.testing.assert_array_equal(tifffile.imread(folder / "imagesTr" / f"{cid}_0000.tif"),
+                                  tifffile.imread(src / "images" / f"{cid}.tif"))
+    verify_nnunet(folder, monkeypatch)
+    again = convert("generic", source=src, out_root=tmp_path / "b", labels="background=0,fg=1", progress=False)
+    assert tree_digest(again) == tree_digest(folder)
