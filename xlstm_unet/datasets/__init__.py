@@ -2,20 +2,20 @@
 
 Registry (name -> default nnU-Net dataset id, output folder ``Dataset<id>_<Name>``):
 
-=================  ====  ======================  ==========  =====================================================
-name               id    folder                  protocol    source
-=================  ====  ======================  ==========  =====================================================
-phantom2d          901   Dataset901_Phantom2D    generic     SYNTHETIC, generated offline
-phantom3d          902   Dataset902_Phantom3D    brats       SYNTHETIC, generated offline
-kvasir_seg         911   Dataset911_KvasirSEG    endoscopy   shared data ``kvasir_seg`` (or the Kvasir-SEG release)
-ctc_nuclei         912   Dataset912_CTCNuclei    cells       shared data ``ctc_nuclei``
-pgbm_brain_mri     913   Dataset913_PGBMBrainMRI generic     shared data ``pgbm_brain_mri`` (split by patient)
-amos_mri           701   Dataset701_AMOSMRI      abdomen     AMOS 2022 release (MRI ids > 500) / U-Mamba Dataset702
-endovis17          702   Dataset702_EndoVis17    endoscopy   EndoVis 2017 train/ + test/ instrument_dataset_<k>
-neurips_cells      703   Dataset703_NeurIPSCells cells       NeurIPS 2022 Training-labeled/ + Tuning/
-brats23            704   Dataset704_BraTS2023    brats       BraTS 2023 GLI training data (70/10/20 split)
-generic            990   Dataset990_<name>       (option)    any images/ + masks/ folder with a user label map
-=================  ====  ======================  ==========  =====================================================
+=================  ====  ========================  ==========  =====================================================
+name               id    folder                    protocol    source
+=================  ====  ========================  ==========  =====================================================
+phantom2d          901   Dataset901_Phantom2D      generic     SYNTHETIC, generated offline
+phantom3d          902   Dataset902_Phantom3D      brats       SYNTHETIC, generated offline
+kvasir_seg         911   Dataset911_KvasirSEG      endoscopy   shared data ``kvasir_seg`` (or the Kvasir-SEG release)
+ctc_nuclei         912   Dataset912_CTCNuclei      cells       shared data ``ctc_nuclei``
+pgbm_brain_mri     913   Dataset913_PGBMBrainMRI   generic     shared data ``pgbm_brain_mri`` (split by patient)
+amos_mri           701   Dataset701_AMOSMRI        abdomen     AMOS 2022 release (MRI ids > 500) / U-Mamba Dataset702
+endovis17          702   Dataset702_EndoVis17      endoscopy   EndoVis 2017 train/ + test/ instrument_dataset_<k>
+neurips_cells      703   Dataset703_NeurIPSCells   cells       NeurIPS 2022 Training-labeled/ + Tuning/
+brats23            704   Dataset704_BraTS2023      brats       BraTS 2023 GLI training data (70/10/20 split)
+generic            990   Dataset990_<name>         (option)    any images/ + masks/ folder with a user label map
+=================  ====  ========================  ==========  =====================================================
 
 Use :func:`convert` (or ``xlstm-unet convert NAME``); each module also documents its raw layout and format source.
 """
