@@ -278,24 +278,144 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def _score_units(
-    pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], units: Sequence[tuple[str, tuple[int, ...]]],
-    tolerance: float,
-) -> dict[str, float]:
+def _add_means(row: dict[str, float], prefixes: Sequence[str]) -> dict[str, float]:
+    for pre in prefixes:
+        row[f"{pre}_mean"] = _nanmean([v for k, v in row.items() if k.startswith(f"{pre}_") and k != f"{pre}_mean"])
+    return row
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Everything a per-case scorer needs, resolved once per folder."""
+
+    protocol: str
+    units: tuple[tuple[str, tuple[int, ...]], ...] | None  # generic (None: labels found per case) and brats
+    organs: tuple[tuple[str, int, str | None], ...]  # abdomen: (label name, id, organ key or None)
+    names: Mapping[int, str]  # label id -> column name
+    spacing: float | Sequence[float] | None
+    nsd_tolerance_mm: float
+    brats_both_empty: str
+    abdomen_zrange: Literal["inclusive", "official"]
+    endoscopy_nsd: str
+
+
+def _score_generic(pred: np.ndarray, gt: np.ndarray, sp: tuple[float, ...], s: _Settings) -> dict[str, float]:
+    units = s.units or [(s.names.get(int(v), str(int(v))), (int(v),))
+                        for v in np.union1d(np.unique(pred), np.unique(gt)) if v != 0]
     row: dict[str, float] = {}
     for name, ids in units:
         p, g = np.isin(pred, ids), np.isin(gt, ids)
         col = _column_name(name)
         row[f"dice_{col}"] = M.dice(p, g)
-        row[f"nsd_{col}"] = M.nsd(p, g, spacing, tolerance)
-        row[f"hd95_{col}"] = M.hd95(p, g, spacing)
+        row[f"nsd_{col}"] = M.nsd(p, g, sp, s.nsd_tolerance_mm)
+        row[f"hd95_{col}"] = M.hd95(p, g, sp)
+    # without fixed units the means follow once every case's labels are known (score_folder)
+    return _add_means(row, ("dice", "nsd", "hd95")) if s.units is not None else row
+
+
+def _score_abdomen(pred: np.ndarray, gt: np.ndarray, sp: tuple[float, ...], s: _Settings) -> dict[str, float]:
+    row: dict[str, float] = {}
+    for name, lab, organ in s.organs:
+        p, g = pred == lab, gt == lab
+        if organ in ABDOMEN_ZRANGE_ORGANS and g.any() and g.ndim == 3:
+            zs = _zslab(g, s.abdomen_zrange)
+            p, g = p[zs], g[zs]
+        col = _column_name(name)
+        row[f"dice_{col}"] = M.dice(p, g)
+        if organ is not None:
+            row[f"nsd_{col}"] = M.nsd(p, g, sp, ABDOMEN_NSD_TOLERANCE_MM[organ])
+    return _add_means(row, ("dice", "nsd"))
+
+
+def _score_endoscopy(pred: np.ndarray, gt: np.ndarray, sp: tuple[float, ...], s: _Settings) -> dict[str, float]:
+    if gt.ndim != 2:
+        raise ValueError(f"the endoscopy protocol needs 2D images, got shape {gt.shape}")
+    present = [int(v) for v in np.union1d(np.unique(pred), np.unique(gt)) if v != 0]
+    if not present:
+        return {"dice_mean": 1.0, "nsd_mean": 1.0}
+    row: dict[str, float] = {}
+    for lab in present:
+        p, g = pred == lab, gt == lab
+        col = s.names.get(lab, str(lab))
+        row[f"dice_{col}"] = M.dice(p, g)
+        if s.endoscopy_nsd == "official":  # (H, W, 1): the official script's one-slice volume
+            row[f"nsd_{col}"] = M.nsd(p[..., None], g[..., None], (*sp, 1.0), 2.0)
+        else:
+            row[f"nsd_{col}"] = M.nsd(p, g, sp, 2.0)
+    return _add_means(row, ("dice", "nsd"))
+
+
+def _score_brats(pred: np.ndarray, gt: np.ndarray, sp: tuple[float, ...], s: _Settings) -> dict[str, float]:
+    both_dice, both_hd = (0.0, 50.0) if s.brats_both_empty == "segmamba" else (1.0, 0.0)
+    regions = dict(s.units or ())
+    pr, gr = M.brats_regions(pred, regions), M.brats_regions(gt, regions)
+    row: dict[str, float] = {}
+    for name in regions:
+        col = _column_name(name)
+        row[f"dice_{col}"] = M.dice(pr[name], gr[name], both_empty=both_dice)
+        row[f"hd95_{col}"] = M.hd95(pr[name], gr[name], sp, both_empty=both_hd, one_empty=50.0)
+    return _add_means(row, ("dice", "hd95"))
+
+
+def _score_cells(pred: np.ndarray, gt_instances: np.ndarray) -> dict[str, float]:
+    inst = M.semantic_to_instances(pred, interior_label=1)
+    row: dict[str, float] = dict(M.cell_f1(inst, gt_instances, iou_threshold=0.5, border_px=2))
+    row["dice_foreground"] = M.dice(inst > 0, gt_instances > 0)
     return row
 
 
-def _add_means(row: dict[str, float], prefixes: Sequence[str]) -> dict[str, float]:
-    for pre in prefixes:
-        row[f"{pre}_mean"] = _nanmean([v for k, v in row.items() if k.startswith(f"{pre}_") and k != f"{pre}_mean"])
-    return row
+_SCORERS = {"generic": _score_generic, "abdomen": _score_abdomen, "endoscopy": _score_endoscopy,
+            "brats": _score_brats}
+
+
+def _conventions(s: _Settings, regions_given: bool) -> dict[str, Any]:
+    """What summary.json says about the protocol: every tolerance, spacing and empty-mask rule used."""
+    header_or = "ground-truth header" if s.spacing is None else s.spacing
+    one_or = 1.0 if s.spacing is None else s.spacing
+    hd95 = "95th percentile of both directed edge-distance sets pooled (medpy hd95, as SegMamba)"
+    if s.protocol == "generic":
+        return dict(
+            units="regions" if regions_given else ("labels (dataset.json)" if s.units else "labels found"),
+            nsd_tolerance=s.nsd_tolerance_mm, spacing=header_or, hd95=hd95,
+            empty_dice_nsd="both empty -> 1, one empty -> 0",
+            empty_hd95="both empty -> 0, one empty -> image diagonal in mm",
+        )
+    if s.protocol == "abdomen":
+        return dict(
+            nsd_tolerance_mm={n: ABDOMEN_NSD_TOLERANCE_MM[o] for n, _, o in s.organs if o},
+            dice_only=[n for n, _, o in s.organs if o is None],
+            zrange_organs=[n for n, _, o in s.organs if o in ABDOMEN_ZRANGE_ORGANS],
+            zrange=("3D only: slices lo..hi (inclusive) where the ground truth has the organ, first array axis (z)"
+                    if s.abdomen_zrange == "inclusive" else
+                    "3D only: slices [lo, hi) as the official script (its last labelled slice is left out), "
+                    "first array axis (z)"),
+            spacing=header_or, empty="both empty -> Dice 1, NSD 1; one empty -> 0",
+        )
+    if s.protocol == "endoscopy":
+        return dict(
+            labels="per image: the union of non-zero labels present in prediction or ground truth; *_mean averages "
+                   "over them; per-label columns are empty where the label is absent from both",
+            nsd_tolerance_px=2.0, spacing=one_or,
+            nsd_surface=("official: the 2D mask as a one-slice 3D volume (as U-Mamba's script), so its top and "
+                         "bottom faces count as surface" if s.endoscopy_nsd == "official" else
+                         "contour: the 2D contour (marching squares)"),
+            empty_image="no label in either mask -> dice_mean = nsd_mean = 1 (the official script stops there)",
+        )
+    if s.protocol == "cells":
+        return dict(
+            instances="prediction: connected components (8-connected) of the interior class 1, boundary pixels "
+                      "left as background; ground truth: instance labels as stored",
+            iou_threshold=0.5, border_px=2, matching="Hungarian on IoU (scipy linear_sum_assignment)",
+            empty="tp == 0 -> precision = recall = F1 = 0 (official)",
+            dice_foreground="Dice of ground-truth foreground vs predicted interior instances",
+        )
+    both = (0.0, 50.0) if s.brats_both_empty == "segmamba" else (1.0, 0.0)
+    return dict(
+        regions={n: list(ids) for n, ids in (s.units or ())}, spacing=one_or, hd95=hd95,
+        one_empty="prediction or ground truth region empty -> Dice 0, HD95 50 (SegMamba)",
+        both_empty=f"both empty -> Dice {both[0]:g}, HD95 {both[1]:g} ({s.brats_both_empty})",
+        brats_both_empty=s.brats_both_empty,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -318,42 +438,33 @@ def score_folder(
     progress: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Score every case; returns ``(per_case, summary)`` without writing anything. See :func:`evaluate_folder`."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if brats_both_empty not in ("segmamba", "perfect"):
-        raise ValueError(f"brats_both_empty must be 'segmamba' or 'perfect', got {brats_both_empty!r}")
-    if abdomen_zrange not in ("inclusive", "official"):
-        raise ValueError(f"abdomen_zrange must be 'inclusive' or 'official', got {abdomen_zrange!r}")
-    if endoscopy_nsd not in ("official", "contour"):
-        raise ValueError(f"endoscopy_nsd must be 'official' or 'contour', got {endoscopy_nsd!r}")
+    for arg, val, allowed in (
+        ("protocol", protocol, PROTOCOLS), ("brats_both_empty", brats_both_empty, ("segmamba", "perfect")),
+        ("abdomen_zrange", abdomen_zrange, ("inclusive", "official")),
+        ("endoscopy_nsd", endoscopy_nsd, ("official", "contour")),
+    ):
+        if val not in allowed:
+            raise ValueError(f"{arg} must be one of {allowed}, got {val!r}")
+    if gt_instances_dir is not None and protocol != "cells":
+        warnings.warn(f"gt_instances_dir is only used by the cells protocol, not {protocol!r}", stacklevel=2)
     inst_dir = gt_instances_dir if protocol == "cells" else None
     if protocol == "cells" and inst_dir is None:
         sibling = Path(gt_dir).parent / "labelsTs_instances"  # the layout of xlstm_unet.datasets converters
         if sibling.is_dir() and Path(gt_dir).resolve() != sibling.resolve():
             inst_dir = sibling
-    if gt_instances_dir is not None and protocol != "cells":
-        warnings.warn(f"gt_instances_dir is only used by the cells protocol, not {protocol!r}", stacklevel=2)
     cases, ending = find_cases(pred_dir, gt_dir, file_ending, inst_dir)
     ds = load_dataset_json(gt_dir)
     label_map = dict(labels) if labels is not None else (dict(ds["labels"]) if ds and "labels" in ds else None)
 
-    conventions: dict[str, Any] = {}
     units: list[tuple[str, tuple[int, ...]]] | None = None
     organs: list[tuple[str, int, str | None]] = []
-    brats_units: dict[str, tuple[int, ...]] = {}
     if protocol == "generic":
         if regions is not None:
             units = [(str(k), tuple(int(v) for v in vs)) for k, vs in regions.items()]
         elif label_map is not None:
             units = _units_from_labels(label_map)
-        conventions.update(
-            units="regions" if regions is not None else ("labels (dataset.json)" if units else "labels found"),
-            nsd_tolerance=nsd_tolerance_mm,
-            spacing="ground-truth header" if spacing is None else spacing,
-            empty_dice_nsd="both empty -> 1, one empty -> 0",
-            empty_hd95="both empty -> 0, one empty -> image diagonal in mm",
-            hd95="95th percentile of both directed edge-distance sets pooled (medpy hd95)",
-        )
+    elif protocol == "brats":
+        units = [(str(k), tuple(int(v) for v in vs)) for k, vs in (regions or M.BRATS_REGIONS).items()]
     elif protocol == "abdomen":
         if label_map is None:
             raise ValueError(
@@ -368,108 +479,35 @@ def score_folder(
                 warnings.warn(f"abdomen protocol: no NSD tolerance for label {name!r}; it gets Dice only",
                               stacklevel=2)
             organs.append((name, ids[0], organ))
-        conventions.update(
-            nsd_tolerance_mm={n: ABDOMEN_NSD_TOLERANCE_MM[o] for n, _, o in organs if o},
-            zrange_organs=[n for n, _, o in organs if o in ABDOMEN_ZRANGE_ORGANS],
-            zrange=("slices lo..hi inclusive of the ground truth's organ, along the first array axis (z)"
-                    if abdomen_zrange == "inclusive" else
-                    "slices [lo, hi) as the official script (its last labelled slice is left out), first axis (z)"),
-            spacing="ground-truth header" if spacing is None else spacing,
-            empty="both empty -> Dice 1, NSD 1; one empty -> 0",
+    elif protocol == "cells" and inst_dir is None and label_map is not None \
+            and {"interior", "boundary"} <= {_norm(k) for k in label_map}:
+        raise ValueError(
+            f"{gt_dir} holds 3-class cell labels (dataset.json names interior/boundary), not instances: pass "
+            f"gt_instances_dir (the converters write labelsTs_instances next to labelsTs)"
         )
-    elif protocol == "endoscopy":
-        conventions.update(
-            labels="per image: the union of non-zero labels present in prediction or ground truth; *_mean averages "
-                   "over them; per-label columns are empty where the label is absent from both",
-            nsd_tolerance_px=2.0, spacing=1.0 if spacing is None else spacing,
-            nsd_surface=("official: the 2D mask as a one-slice 3D volume (as U-Mamba's script), so its top and "
-                         "bottom faces count as surface" if endoscopy_nsd == "official" else
-                         "contour: the 2D contour (marching squares)"),
-            empty_image="no label in either mask -> dice_mean = nsd_mean = 1 (the official script stops there)",
-        )
-    elif protocol == "cells":
-        if inst_dir is None and label_map is not None and {"interior", "boundary"} <= {_norm(k) for k in label_map}:
-            raise ValueError(
-                f"{gt_dir} holds 3-class cell labels (dataset.json names interior/boundary), not instances: pass "
-                f"gt_instances_dir (the converters write labelsTs_instances next to labelsTs)"
-            )
-        conventions.update(
-            instances="prediction: connected components (8-connected) of the interior class 1, boundary pixels "
-                      "left as background; ground truth: instance labels as stored",
-            iou_threshold=0.5, border_px=2, matching="Hungarian on IoU (scipy linear_sum_assignment)",
-            empty="tp == 0 -> precision = recall = F1 = 0 (official)",
-            dice_foreground="Dice of ground-truth foreground vs predicted interior instances",
-        )
-    else:  # brats
-        brats_units = {str(k): tuple(int(v) for v in vs) for k, vs in (regions or M.BRATS_REGIONS).items()}
-        both = (0.0, 50.0) if brats_both_empty == "segmamba" else (1.0, 0.0)
-        conventions.update(
-            regions={n: list(ids) for n, ids in brats_units.items()}, spacing=1.0 if spacing is None else spacing,
-            hd95="95th percentile of both directed edge-distance sets pooled (medpy hd95, as SegMamba)",
-            one_empty="prediction or ground truth region empty -> Dice 0, HD95 50 (SegMamba)",
-            both_empty=f"both empty -> Dice {both[0]:g}, HD95 {both[1]:g} ({brats_both_empty})",
-            brats_both_empty=brats_both_empty,
-        )
-
-    rows: list[dict[str, Any]] = []
-    names = {}  # label id -> column name, for endoscopy / generic without units
+    names = {}
     if label_map is not None:
         names = {ids[0]: _column_name(n) for n, ids in _units_from_labels(label_map) if len(ids) == 1}
+    settings = _Settings(
+        protocol=protocol, units=None if units is None else tuple(units), organs=tuple(organs), names=names,
+        spacing=spacing, nsd_tolerance_mm=nsd_tolerance_mm, brats_both_empty=brats_both_empty,
+        abdomen_zrange=abdomen_zrange, endoscopy_nsd=endoscopy_nsd,
+    )
+
+    rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc=f"evaluate ({protocol})", disable=not progress, unit="case"):
         pred, _ = read_label_map(case.pred_file)
-        if protocol == "cells":
-            gt, _ = read_label_map(case.gt_instances_file or case.gt_file)
-            _check_same_shape(case, pred, gt)
-            inst = M.semantic_to_instances(pred, interior_label=1)
-            row: dict[str, Any] = dict(M.cell_f1(inst, gt, iou_threshold=0.5, border_px=2))
-            row["dice_foreground"] = M.dice(inst > 0, gt > 0)
-            rows.append({"case": case.name, **row})
-            continue
-        gt, header_sp = read_label_map(case.gt_file)
+        gt, header_sp = read_label_map(case.gt_instances_file or case.gt_file)
         _check_same_shape(case, pred, gt)
-        if protocol in ("endoscopy", "brats"):
-            sp = M.as_spacing(1.0 if spacing is None else spacing, gt.ndim)
+        if protocol == "cells":
+            row = _score_cells(pred, gt)
         else:
-            sp = M.as_spacing(header_sp if spacing is None else spacing, gt.ndim)
-        row = {}
-        if protocol == "generic":
-            present = units or [(names.get(int(v), str(int(v))), (int(v),))
-                                for v in np.union1d(np.unique(pred), np.unique(gt)) if v != 0]
-            row = _score_units(pred, gt, sp, present, nsd_tolerance_mm)
-            if units is not None:  # otherwise the means follow once every case's labels are known
-                row = _add_means(row, ("dice", "nsd", "hd95"))
-        elif protocol == "abdomen":
-            for name, lab, organ in organs:
-                p, g = pred == lab, gt == lab
-                if organ in ABDOMEN_ZRANGE_ORGANS and g.any() and g.ndim == 3:
-                    zs = _zslab(g, abdomen_zrange)
-                    p, g = p[zs], g[zs]
-                col = _column_name(name)
-                row[f"dice_{col}"] = M.dice(p, g)
-                if organ is not None:
-                    row[f"nsd_{col}"] = M.nsd(p, g, sp, ABDOMEN_NSD_TOLERANCE_MM[organ])
-            row = _add_means(row, ("dice", "nsd"))
-        elif protocol == "endoscopy":
-            if gt.ndim != 2:
-                raise ValueError(f"case {case.name}: the endoscopy protocol needs 2D images, got shape {gt.shape}")
-            present = [int(v) for v in np.union1d(np.unique(pred), np.unique(gt)) if v != 0]
-            for lab in present:
-                p, g = pred == lab, gt == lab
-                col = names.get(lab, str(lab))
-                row[f"dice_{col}"] = M.dice(p, g)
-                if endoscopy_nsd == "official":
-                    row[f"nsd_{col}"] = M.nsd(p[..., None], g[..., None], (*sp, 1.0), 2.0)
-                else:
-                    row[f"nsd_{col}"] = M.nsd(p, g, sp, 2.0)
-            row = _add_means(row, ("dice", "nsd")) if present else {"dice_mean": 1.0, "nsd_mean": 1.0}
-        else:  # brats
-            both_dice, both_hd = (0.0, 50.0) if brats_both_empty == "segmamba" else (1.0, 0.0)
-            pr, gr = M.brats_regions(pred, brats_units), M.brats_regions(gt, brats_units)
-            for name in brats_units:
-                col = _column_name(name)
-                row[f"dice_{col}"] = M.dice(pr[name], gr[name], both_empty=both_dice)
-                row[f"hd95_{col}"] = M.hd95(pr[name], gr[name], sp, both_empty=both_hd, one_empty=50.0)
-            row = _add_means(row, ("dice", "hd95"))
+            default_sp = 1.0 if protocol in ("endoscopy", "brats") else header_sp
+            sp = M.as_spacing(default_sp if spacing is None else spacing, gt.ndim)
+            try:
+                row = _SCORERS[protocol](pred, gt, sp, settings)
+            except ValueError as err:
+                raise ValueError(f"case {case.name} ({case.gt_file}): {err}") from err
         rows.append({"case": case.name, **row})
 
     per_case = pd.DataFrame(rows)
@@ -480,24 +518,23 @@ def score_folder(
             per_case[f"{pre}_mean"] = per_case[[c for c in metric_cols if c.startswith(f"{pre}_")]].mean(axis=1)
     cols = ["case"] + sorted((c for c in per_case.columns if c != "case"), key=_column_order)
     per_case = per_case[cols]
-    summary = summarize(per_case)
     summary = {
         "protocol": protocol, "n_cases": len(per_case), "pred_dir": str(pred_dir), "gt_dir": str(gt_dir),
         "gt_instances_dir": None if inst_dir is None else str(inst_dir), "file_ending": ending,
-        "metrics": summary, "conventions": conventions,
+        "metrics": summarize(per_case), "conventions": _conventions(settings, regions is not None),
         "statistics": "mean, std (ddof=0) and median over cases, ignoring empty (NaN) entries; n = cases used",
     }
     return per_case, summary
 
 
-def _column_order(col: str) -> tuple[int, int, str]:
+def _column_order(col: str) -> tuple[int, int]:
     """dice, nsd, hd95 columns (each with its *_mean last), then the cell columns in a fixed order."""
     fixed = ["f1", "precision", "recall", "tp", "fp", "fn", "n_pred", "n_gt", "dice_foreground"]
     if col in fixed:
-        return (0, fixed.index(col), "")
+        return (0, fixed.index(col))
     pre = col.split("_", 1)[0]
     group = {"dice": 1, "nsd": 2, "hd95": 3}.get(pre, 4)
-    return (group, 1 if col.endswith("_mean") else 0, "")
+    return (group, 1 if col.endswith("_mean") else 0)
 
 
 def summarize(per_case: pd.DataFrame) -> dict[str, dict[str, float | int | None]]:
