@@ -12,10 +12,11 @@ Usage::
      "rows": [{"model": str, "dim": 2|3, "size": [..], "batch": int, "params": int, "step_s": float,
                "peak_mb": float, "peak_rss_mb": float, "vil_stages": [int, ...]}, ...]}
 
-- Models: ``resenc`` (dynamic-network-architectures' ResidualEncoderUNet) and XLSTMUNet with ``vil_placement`` =
-  ``bot``, ``enc``, ``enc_official``; all share the same stages, blocks and decoder, so the differences are the ViL
-  modules. XLSTMUNet gets the patch size (as nnU-Net plans give it), so deep stages whose voxel count is at most C use
-  channel tokens.
+- Models: ``resenc`` (dynamic-network-architectures' ResidualEncoderUNet, nnU-Net's ResEnc: residual encoder, plain
+  conv decoder) and XLSTMUNet with ``vil_placement`` = ``bot``, ``enc``, ``enc_official`` (residual encoder, residual
+  decoder as in the paper). All share stages, strides, features and encoder blocks. Opt-in ``resunet`` (ResidualUNet:
+  XLSTMUNet without ViL) separates the ViL cost from the residual decoder's. XLSTMUNet gets the patch size (as nnU-Net
+  plans give it), so deep stages whose voxel count is at most C use channel tokens.
 - Configurations (nnU-Net ResEnc block counts, decoder 1 block per stage, 1 input channel, 4 classes, deep
   supervision on): 2D 256x256, 7 stages, features 32..512, strides 1, 2, ..., 2; 3D 32x96x96, 5 stages, features
   32..320, strides [1,1,1], [1,2,2], [2,2,2] x 3.
@@ -42,6 +43,9 @@ from pathlib import Path
 logger = logging.getLogger("train_step")
 
 MODELS = ("resenc", "bot", "enc", "enc_official")
+EXTRA_MODELS = ("resunet",)
+"""Opt-in with ``--models``: ``resunet`` is dynamic-network-architectures' ResidualUNet, i.e. XLSTMUNet without ViL
+(residual decoder), which separates the ViL cost from the residual decoder's."""
 DIMS = (2, 3)
 
 
@@ -73,7 +77,7 @@ def get_config(dim: int, *, quick: bool, paper_sizes: bool) -> Config:
 
 def build_model(model: str, dim: int, config: Config):
     """Build ``model`` for ``config`` with nnU-Net's kwargs and init (``network.apply(network.initialize)``)."""
-    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet, ResidualUNet
     from torch import nn
 
     from xlstm_unet.networks import XLSTMUNet
@@ -97,12 +101,14 @@ def build_model(model: str, dim: int, config: Config):
     )
     if model == "resenc":
         net = ResidualEncoderUNet(**kwargs, n_blocks_per_stage=list(config.blocks))
+    elif model == "resunet":
+        net = ResidualUNet(**kwargs, n_blocks_per_stage=list(config.blocks))
     elif model in MODELS:
         net = XLSTMUNet(
             **kwargs, n_blocks_per_stage=list(config.blocks), vil_placement=model, patch_size=list(config.size)
         )
     else:
-        raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
+        raise ValueError(f"unknown model {model!r}; expected one of {MODELS + EXTRA_MODELS}")
     net.apply(net.initialize)
     return net
 
@@ -170,7 +176,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run); 1 timed step")
     parser.add_argument("--paper-sizes", action="store_true", help="2D 320x320 batch 12, 3D 48x160x224 batch 2")
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS + EXTRA_MODELS} (default: {MODELS})"
+    )
     parser.add_argument("--dims", default="2,3", help="comma-separated subset of 2,3")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps, median reported (default 3; 1 quick)")
@@ -180,9 +188,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick and args.paper_sizes:
         parser.error("--quick and --paper-sizes exclude each other")
     args.models = [m for m in args.models.split(",") if m]
-    unknown = sorted(set(args.models) - set(MODELS))
+    unknown = sorted(set(args.models) - set(MODELS + EXTRA_MODELS))
     if unknown or not args.models:
-        parser.error(f"--models: unknown {unknown}; expected a subset of {list(MODELS)}")
+        parser.error(f"--models: unknown {unknown}; expected a subset of {list(MODELS + EXTRA_MODELS)}")
     try:
         args.dims = [int(d) for d in args.dims.split(",") if d]
     except ValueError:

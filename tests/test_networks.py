@@ -406,6 +406,18 @@ def _load_benchmark():
     return sys.modules[name]
 
 
+ROW_KEYS = {"model", "dim", "size", "batch", "params", "step_s", "peak_mb"}
+
+
+def check_row(row: dict, model: str, dim: int) -> None:
+    assert set(row) >= ROW_KEYS
+    assert (row["model"], row["dim"]) == (model, dim)
+    assert len(row["size"]) == dim and all(isinstance(i, int) for i in row["size"])
+    assert row["batch"] == 2 and isinstance(row["params"], int) and row["params"] > 0
+    assert math.isfinite(row["step_s"]) and row["step_s"] > 0
+    assert math.isfinite(row["peak_mb"]) and row["peak_mb"] > 0
+
+
 @pytest.mark.parametrize("mode", ["quick", "default", "paper_sizes"])
 @pytest.mark.parametrize("dim", [2, 3])
 def test_train_step_benchmark_configs_are_valid(dim, mode):
@@ -416,18 +428,29 @@ def test_train_step_benchmark_configs_are_valid(dim, mode):
     assert len(config.size) == dim and all(len(s) == dim for s in config.strides)
     total = [math.prod(s[a] for s in config.strides) for a in range(dim)]
     assert all(size % t == 0 for size, t in zip(config.size, total))
-    if mode == "quick":  # tiny enough to build every model here
-        for model in bench.MODELS:
-            net = bench.build_model(model, dim, config)
-            expected = [] if model == "resenc" else vil_stage_indices(model, n_stages, dim)
-            assert list(getattr(net, "vil_stages", [])) == expected
+
+
+@pytest.mark.parametrize("dim", [3])  # 2D runs end to end below
+def test_train_step_benchmark_worker_runs_every_model(dim):
+    """One tiny train step of every model, in this process (the script runs each in its own subprocess)."""
+    bench = _load_benchmark()
+    config = bench.get_config(dim, quick=True, paper_sizes=False)
+    models = bench.MODELS + bench.EXTRA_MODELS
+    rows = {m: bench.run_worker(m, dim, config, "cpu", False, warmup=0, repeats=1) for m in models}
+    for model, row in rows.items():
+        check_row(row, model, dim)
+        with_vil = model not in ("resenc", "resunet")
+        assert row["vil_stages"] == (vil_stage_indices(model, len(config.features), dim) if with_vil else [])
+        if with_vil:  # the ViL modules add parameters on top of the same residual U-Net
+            assert row["params"] > rows["resunet"]["params"]
+    assert rows["resunet"]["params"] > rows["resenc"]["params"]  # residual vs plain-conv decoder
 
 
 def test_train_step_benchmark_quick_json_schema():
-    # one light and one ViL model in 2D keep this under a minute; the configs of all rows are checked above
+    # the script end to end, for one model (each model costs a subprocess with its imports)
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--json", "--quick", "--models", "resenc,bot",
-         "--dims", "2"],
+        [sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--json", "--quick", "--models", "bot",
+         "--dims", "2", "--warmup", "0"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -437,13 +460,6 @@ def test_train_step_benchmark_quick_json_schema():
     result = json.loads(proc.stdout)
     assert set(result) >= {"device", "rows"}
     assert result["device"] == "cpu"
-    assert [(r["model"], r["dim"]) for r in result["rows"]] == [("resenc", 2), ("bot", 2)]
-    for row in result["rows"]:
-        assert set(row) >= {"model", "dim", "size", "batch", "params", "step_s", "peak_mb"}
-        assert len(row["size"]) == row["dim"] and all(isinstance(i, int) for i in row["size"])
-        assert row["batch"] == 2 and isinstance(row["params"], int) and row["params"] > 0
-        assert math.isfinite(row["step_s"]) and row["step_s"] > 0
-        assert math.isfinite(row["peak_mb"]) and row["peak_mb"] > 0
-    resenc, bot = result["rows"]
-    assert bot["params"] > resenc["params"]  # the ViL module adds parameters
-    assert bot["vil_stages"] == [3] and resenc["vil_stages"] == []
+    assert len(result["rows"]) == 1
+    check_row(result["rows"][0], "bot", 2)
+    assert result["rows"][0]["vil_stages"] == [3]
