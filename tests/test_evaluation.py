@@ -362,3 +362,81 @@ def test_cli_evaluate(tmp_path, capsys):
     assert rc == 1
     assert "case_001.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "o2").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# files and writing
+# ----------------------------------------------------------------------------------------------------------------------
+def test_read_label_map_2d_and_3d(tmp_path):
+    write_png(tmp_path / "a.png", box((6, 9), (1, 2), (2, 3), 2))
+    arr, sp = E.read_label_map(tmp_path / "a.png")
+    assert arr.shape == (6, 9) and sp == (1.0, 1.0) and arr.max() == 2
+    img = sitk.GetImageFromArray(box((6, 9), (1, 2), (2, 3), 1))
+    img.SetSpacing((0.5, 0.25))  # x, y
+    sitk.WriteImage(img, str(tmp_path / "b.nii.gz"))
+    arr, sp = E.read_label_map(tmp_path / "b.nii.gz")
+    assert arr.shape == (6, 9) and sp == pytest.approx((0.25, 0.5))  # nnU-Net's 999 placeholder axis dropped
+    write_nii(tmp_path / "c.nii.gz", box((3, 6, 9), (0, 1, 2), (1, 2, 3), 4), (0.5, 0.25, 3.0))
+    arr, sp = E.read_label_map(tmp_path / "c.nii.gz")
+    assert arr.shape == (3, 6, 9) and sp == pytest.approx((3.0, 0.25, 0.5)) and arr.dtype == np.int64
+
+
+def test_write_results_leaves_nothing_half_written(tmp_path):
+    df = pd.DataFrame({"case": ["a"], "dice_mean": [0.5]})
+    out = tmp_path / "out"
+    with pytest.raises(ValueError):  # NaN is not valid JSON: the summary fails after the CSV temp was written
+        E.write_results(df, {"bad": float("nan")}, out)
+    assert list(out.iterdir()) == []
+    E.write_results(df, {"ok": 1}, out)
+    assert pd.read_csv(out / "per_case.csv").equals(df)
+    assert json.loads((out / "summary.json").read_text()) == {"ok": 1}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# real data
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.shared_data
+def test_endoscopy_on_real_kvasir_masks(kvasir_dir, tmp_path):
+    """Kvasir-SEG masks: against themselves every score is 1; a copy eroded by one pixel keeps NSD = 1 at the 2 px
+    tolerance while its Dice drops below 1."""
+    pred, gt, out = folders(tmp_path)
+    table = pd.read_csv(kvasir_dir / "cases.csv").sort_values("mask_pixels")
+    masks = [kvasir_dir / "masks" / f"{i}.png" for i in table["id"].iloc[[0, len(table) // 2]]]  # small, median
+    for f in masks:
+        m = np.asarray(Image.open(f))
+        write_png(gt / f.name, m)
+        write_png(pred / f.name, np.where(find_boundaries(m, mode="inner"), 0, m))
+    df, js = E.score_folder(pred, gt, "endoscopy", progress=False)
+    assert len(df) == 2
+    assert (df["nsd_mean"] == 1.0).all() and (df["dice_mean"] < 1.0).all() and (df["dice_mean"] > 0.8).all()
+    df_c, _ = E.score_folder(pred, gt, "endoscopy", endoscopy_nsd="contour", progress=False)
+    assert (df_c["nsd_mean"] == 1.0).all()
+    df_self, _ = E.score_folder(gt, gt, "endoscopy", progress=False)
+    assert (df_self[["dice_mean", "nsd_mean"]] == 1.0).all().all()
+
+
+@pytest.mark.shared_data
+def test_generic_on_real_mri_uses_header_spacing(pgbm_dir, tmp_path):
+    """PGBM tumour mask (0.6875 x 0.6875 x 6.5 mm): a copy shifted by one slice scores its HD95 in 6.5 mm units, a
+    copy shifted by one column in 0.6875 mm units, both as computed here from the header spacing."""
+    pred, gt, out = folders(tmp_path)
+    src = pgbm_dir / "PGBM-001_1991-11-19" / "seg.nii.gz"
+    img = sitk.ReadImage(str(src))
+    seg = sitk.GetArrayFromImage(img)  # (z, y, x)
+    sp_zyx = img.GetSpacing()[::-1]
+    shutil.copy(src, gt / "z.nii.gz")
+    shutil.copy(src, gt / "x.nii.gz")
+    for name, shifted in (("z", np.roll(seg, 1, axis=0)), ("x", np.roll(seg, 1, axis=2))):
+        out_img = sitk.GetImageFromArray(shifted)
+        out_img.CopyInformation(img)
+        sitk.WriteImage(out_img, str(pred / f"{name}.nii.gz"))
+    df, js = E.score_folder(pred, gt, "generic", labels={"background": 0, "tumour": 1}, progress=False)
+    df = df.set_index("case")
+    for name, axis in (("z", 0), ("x", 2)):
+        p, g = np.roll(seg, 1, axis=axis) == 1, seg == 1
+        assert df.loc[name, "hd95_tumour"] == pytest.approx(M.hd95(p, g, sp_zyx), rel=1e-6)
+        assert df.loc[name, "dice_tumour"] == pytest.approx(dice_np(p, g))
+        assert df.loc[name, "nsd_tumour"] == pytest.approx(M.nsd(p, g, sp_zyx, 2.0), rel=1e-6)
+    assert df.loc["z", "hd95_tumour"] == pytest.approx(sp_zyx[0], rel=1e-3)
+    assert df.loc["x", "hd95_tumour"] == pytest.approx(sp_zyx[2], rel=1e-3)
+    assert df.loc["x", "nsd_tumour"] == 1.0 and df.loc["z", "nsd_tumour"] < 1.0

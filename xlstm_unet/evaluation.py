@@ -228,8 +228,9 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ..
     """Read a label/segmentation file with nnU-Net's reader for its ending.
 
     Returns ``(labels, spacing)``: an int64 array ``(*spatial)`` (``(H, W)`` for 2D files, ``(D, H, W)`` for 3D; the
-    axis order of nnU-Net, i.e. z, y, x for NIfTI) and the spacing per axis in the same order. 2D files carry no
-    spacing in nnU-Net (its placeholder 999 for the dummy axis is dropped) and get spacing 1.
+    axis order of nnU-Net, i.e. z, y, x for NIfTI) and the spacing per axis in the same order. For 2D files nnU-Net
+    adds a dummy axis with a placeholder spacing (999 x the largest spacing); it is dropped here. PNG/BMP/TIFF
+    images carry no spacing and get 1.
     """
     p = Path(path)
     ending = next((e for e in SUPPORTED_FILE_ENDINGS if p.name.endswith(e)), p.suffix)
@@ -239,7 +240,8 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ..
         raise ValueError(f"{p}: could not read label file ({type(err).__name__}: {err})") from err
     arr = np.asarray(seg)[0]  # drop nnU-Net's channel axis: (1, *spatial) -> (*spatial)
     spacing = tuple(float(s) for s in props["spacing"])
-    if arr.ndim == 3 and arr.shape[0] == 1 and spacing[0] == 999:  # nnU-Net's 2D convention (1, H, W), (999, ...)
+    # nnU-Net's 2D convention: (1, H, W) with a placeholder spacing of 999 * max(in-plane spacing) for the dummy axis
+    if arr.ndim == 3 and arr.shape[0] == 1 and math.isclose(spacing[0], 999 * max(spacing[1:])):
         arr, spacing = arr[0], spacing[1:]
     if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)) or (arr.size and arr.min() < 0):
         raise ValueError(f"{p}: expected non-negative integer labels")
