@@ -201,6 +201,13 @@ def test_abdomen_empty_conventions_and_names(tmp_path):
         E.score_folder(pred, gt, "abdomen", progress=False)
 
 
+def test_abdomen_names_of_our_amos_converter_all_have_tolerances():
+    from xlstm_unet.datasets.amos_mri import ABDOMEN_LABELS
+
+    organs = {E.abdomen_organ(n) for n in ABDOMEN_LABELS if n != "background"}
+    assert organs == set(E.ABDOMEN_NSD_TOLERANCE_MM)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # endoscopy
 # ----------------------------------------------------------------------------------------------------------------------
