@@ -3,37 +3,38 @@
 The layer follows Vision-LSTM (Alkin et al., arXiv 2406.04303; NX-AI/vision-lstm) as used by xLSTM-UNet (Chen et
 al., arXiv 2407.01530; tianrun-chen/xLSTM-UNet-PyTorch). The building blocks (headwise projections, causal conv1d,
 LayerNorm without bias, multi-head LayerNorm, initialisers) come from the ``xlstm`` package; the mLSTM cell is ours
-because ``xlstm``'s own cell hardwires the quadratic parallel form. The cell calls the kernels of ``mlstm_kernels``:
+because ``xlstm``'s own cell hardwires the quadratic parallel form. The mLSTM backends (:class:`MLSTMBackend`):
 
-- ``chunkwise`` (CPU and GPU): ``chunkwise--native_autograd``, pure PyTorch, O(S) memory in the sequence length;
-- ``triton`` (CUDA): ``chunkwise--triton_xl_chunk``;
-- ``parallel``: ``parallel--native_autograd``, the quadratic "parallel stabilized" form of the official code, kept as
-  the reference (O(S^2) time and memory).
+- ``chunkwise`` (CPU and GPU, pure PyTorch, time and memory linear in S): the chunk states by a loop over chunks
+  (written here), the outputs within each chunk by ``mlstm_kernels``' ``mlstm_chunkwise__parallel_fw_H``;
+  differentiated by autograd;
+- ``triton`` (CUDA): ``mlstm_kernels``' ``chunkwise--triton_xl_chunk``;
+- ``parallel``: ``mlstm_kernels``' ``parallel--native_autograd``, the quadratic "parallel stabilized" form of the
+  official code, kept as the reference (O(S^2) time and memory).
+
+Why the chunk-state loop is ours: ``mlstm_kernels``' ``chunkwise--native_autograd`` writes every chunk state into
+slices of one preallocated buffer, and autograd's backward of each slice write copies the whole buffer, so its
+backward time grows quadratically in S. ``chunkwise--native_custbw`` is linear, but its custom backward treats the
+normaliser ``max(|n.q|, exp(-m))`` as a constant, so its q/k/i/f gradients differ from autograd through the parallel
+form (by O(1) with unit-scale inputs). Our ``chunkwise`` equals ``parallel`` in value and gradient to rounding
+(1e-12 in float64). ``triton`` is used as ``mlstm_kernels`` ships it (custom backward).
 
 Dims legend:
     B: batch; C: channels of the feature map; ``*spatial``: its spatial sizes (2D ``H, W`` or 3D ``D, H, W``);
     N = prod(spatial): number of voxels; S: sequence length (N with patch tokens, C with channel tokens);
     D: token dimension (C with patch tokens, N with channel tokens); DI = expansion * D: inner dimension;
-    NH: mLSTM heads; DH = DI / NH: head dimension.
+    NH: mLSTM heads; DH = DI / NH: head dimension; L: chunk size; NC = S / L: number of chunks.
 
 Conventions:
     - Tokens are the voxels in row-major (C-order) flattening of ``*spatial``, i.e. rows from the top-left.
       ``reverse=True`` traverses from the bottom-right (flip the sequence, process, flip back).
     - The mLSTM always computes in float32 (float64 if its inputs are float64), with autocast disabled, so fp16/bf16
       mixed precision cannot overflow inside the exponential gating. The projections around it follow autocast.
-    - Sequences whose length is not a multiple of ``chunk_size`` are zero-padded at the END (after any flip), which
+    - Sequences whose length is not a multiple of the chunk size are zero-padded at the END (after any flip), which
       leaves the outputs of the real tokens of the causal recurrence unchanged.
-
-Difference from the kernels' defaults, on purpose: the chunkwise kernels start from a stabiliser state ``m_0 = 0``,
-which makes their ``eps`` term (``h = num / (max(|den|, exp(-m)) + eps)``) differ from the parallel form by about
-``eps`` whenever all log-gates of a row are below 0. We pass ``m_0 = -1e4`` (with zero ``C_0``, ``n_0``), which makes
-the chunkwise stabiliser equal to the parallel row maximum, so chunkwise and parallel agree to rounding (1e-12 in
-float64) instead of ~1e-7.
-
-Gradients: the ``native_custbw`` kernels (and, as far as we know, the triton ones) use a custom backward that treats
-the normaliser ``max(|den|, exp(-m))`` as a constant; their gradients differ from autograd through the parallel form
-wherever ``|den| > exp(-m)``. ``chunkwise`` therefore uses ``native_autograd``, whose gradients equal the parallel
-reference. ``triton`` is the fast kernel of ``mlstm_kernels`` as it is.
+    - The chunkwise forms start from the stabiliser state ``m_0 = -1e4`` (with zero ``C_0``, ``n_0``), not the
+      kernels' default 0: then their stabiliser equals the parallel form's row maximum, and the ``eps`` in
+      ``h = num / (max(|den|, exp(-m)) + eps)`` acts identically (with ``m_0 = 0`` they differ by ~1e-7).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class MLSTMBackend(str, Enum):
     """How the mLSTM sequence is computed.
 
     - ``auto``: ``triton`` on CUDA when triton is importable (and the inputs are not float64), else ``chunkwise``;
-    - ``chunkwise``: ``mlstm_kernels`` ``chunkwise--native_autograd`` (pure PyTorch, linear in S);
+    - ``chunkwise``: chunkwise form in PyTorch (linear in S; exact autograd gradients), see the module docstring;
     - ``triton``: ``mlstm_kernels`` ``chunkwise--triton_xl_chunk`` (CUDA only);
     - ``parallel``: ``mlstm_kernels`` ``parallel--native_autograd``, quadratic in S (the official code's form).
     """
@@ -107,7 +108,6 @@ class ConvKind(str, Enum):
 
 
 _KERNEL_NAMES = {
-    MLSTMBackend.CHUNKWISE: "chunkwise--native_autograd",
     MLSTMBackend.TRITON: "chunkwise--triton_xl_chunk",
     MLSTMBackend.PARALLEL: "parallel--native_autograd",
 }
@@ -139,6 +139,63 @@ def _triton_available() -> bool:
     except (ValueError, ImportError):
         return False
     return True
+
+
+def _chunkwise_native(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, *, chunk_size: int, eps: float
+) -> torch.Tensor:
+    """Chunkwise mLSTM in PyTorch; S must be a multiple of ``chunk_size``. Shapes as :func:`mlstm`.
+
+    Chunk states (the notation of ``mlstm_kernels.torch.chunkwise.native.fw``), for chunk c with cumulative log
+    forget gates ``b`` (``b_l = sum_{l'<=l} logsigmoid(f_l')``) and ``a_l = b_L - b_l + i_l``, ``g = b_L``:
+    ``m_c = max(g + m_{c-1}, max_l a_l)``, ``C_c = exp(g + m_{c-1} - m_c) C_{c-1} + K^T diag(exp(a - m_c)) V``,
+    ``n_c = exp(g + m_{c-1} - m_c) n_{c-1} + K^T exp(a - m_c)``. Chunk tensors are taken with ``unbind`` (whose
+    backward is one stack), not by indexing (whose backward would materialise a full-size gradient per chunk).
+    """
+    from mlstm_kernels.torch.chunkwise.native.fw import mlstm_chunkwise__parallel_fw_H
+
+    B, NH, S, DH = q.shape
+    DHV = v.shape[-1]
+    L = chunk_size
+    NC = S // L
+    vecI = i.view(B, NH, NC, L)  # (B, NH, NC, L)
+    vecB = F.logsigmoid(f).view(B, NH, NC, L).cumsum(-1)  # (B, NH, NC, L)
+    vecA = vecB[..., -1:] - vecB + vecI  # (B, NH, NC, L)
+    g_chunks = vecB[..., -1].unbind(2)  # NC x (B, NH)
+    amax_chunks = vecA.amax(-1).unbind(2)  # NC x (B, NH)
+    a_chunks = vecA.unbind(2)  # NC x (B, NH, L)
+    k_chunks = k.view(B, NH, NC, L, DH).unbind(2)  # NC x (B, NH, L, DH)
+    v_chunks = v.view(B, NH, NC, L, DHV).unbind(2)  # NC x (B, NH, L, DHV)
+
+    C = q.new_zeros(B, NH, DH, DHV)  # (B, NH, DH, DHV)
+    n = q.new_zeros(B, NH, DH)  # (B, NH, DH)
+    m = q.new_full((B, NH), _M_INITIAL)  # (B, NH)
+    C_states, n_states, m_states = [C], [n], [m]  # the states entering each chunk
+    for c in range(NC - 1):
+        m_next = torch.maximum(g_chunks[c] + m, amax_chunks[c])  # (B, NH)
+        k_gated = k_chunks[c] * torch.exp(a_chunks[c] - m_next[..., None])[..., None]  # (B, NH, L, DH)
+        decay = torch.exp(g_chunks[c] + m - m_next)  # (B, NH)
+        C = decay[..., None, None] * C + k_gated.transpose(-2, -1) @ v_chunks[c]  # (B, NH, DH, DHV)
+        n = decay[..., None] * n + k_gated.sum(-2)  # (B, NH, DH)
+        m = m_next
+        C_states.append(C)
+        n_states.append(n)
+        m_states.append(m)
+    h, _, _ = mlstm_chunkwise__parallel_fw_H(
+        matQ=q,
+        matK=k,
+        matV=v,
+        matC_states=torch.stack(C_states, 2).reshape(B, NH, NC * DH, DHV),  # (B, NH, NC * DH, DHV)
+        vecN_states=torch.stack(n_states, 2).reshape(B, NH, NC * DH),  # (B, NH, NC * DH)
+        scaMinter_states=torch.stack(m_states, 2),  # (B, NH, NC)
+        vecI=vecI,
+        vecB=vecB,
+        qk_scale=DH**-0.5,
+        chunk_size=L,
+        num_chunks=NC,
+        eps=eps,
+    )
+    return h  # (B, NH, S, DHV)
 
 
 def _resolve_backend(backend: str | MLSTMBackend, device: torch.device, dtype: torch.dtype) -> MLSTMBackend:
@@ -219,23 +276,22 @@ def mlstm(
             # zero-pad the END of the sequence dim: (B, NH, S + pad, DH) / (B, NH, S + pad)
             q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
             i, f = (F.pad(t, (0, pad)) for t in (i, f))
-        DHV = v.shape[-1]
-        c0 = q.new_zeros(B, NH, DH, DHV)  # (B, NH, DH, DHV)
-        n0 = q.new_zeros(B, NH, DH)  # (B, NH, DH)
-        m0 = q.new_full((B, NH, 1), _M_INITIAL)  # (B, NH, 1)
-        h = _kernel(choice)(
-            q=q,
-            k=k,
-            v=v,
-            i=i,
-            f=f,
-            c_initial=c0,
-            n_initial=n0,
-            m_initial=m0,
-            chunk_size=chunk_size,
-            eps=eps,
-            return_last_states=False,
-        )  # (B, NH, S + pad, DHV)
+        if choice is MLSTMBackend.CHUNKWISE:
+            h = _chunkwise_native(q, k, v, i, f, chunk_size=chunk_size, eps=eps)  # (B, NH, S + pad, DHV)
+        else:
+            h = _kernel(choice)(
+                q=q,
+                k=k,
+                v=v,
+                i=i,
+                f=f,
+                c_initial=q.new_zeros(B, NH, DH, v.shape[-1]),  # (B, NH, DH, DHV)
+                n_initial=q.new_zeros(B, NH, DH),  # (B, NH, DH)
+                m_initial=q.new_full((B, NH, 1), _M_INITIAL),  # (B, NH, 1)
+                chunk_size=chunk_size,
+                eps=eps,
+                return_last_states=False,
+            )  # (B, NH, S + pad, DHV)
         return h[:, :, :S] if pad else h
 
 
