@@ -12,6 +12,9 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+		echo "WARNING: could not install chromium/chromium-driver (needed only by tests/test_browser.py)"
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PINS)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'

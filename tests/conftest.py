@@ -9,9 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# One worker process for nnU-Net's pools and augmentation in-process: on 2 cores, spawning workers (each
+# re-importing nnU-Net) costs more than it saves. Set before anything imports nnunetv2.configuration.
+os.environ.setdefault("nnUNet_def_n_proc", "1")
+os.environ.setdefault("nnUNet_n_proc_DA", "0")
 
-from xlstm_unet.paths import shared_data_dir
+import pytest  # noqa: E402
+
+from xlstm_unet.paths import shared_data_dir  # noqa: E402
 
 
 def _in_ci() -> bool:

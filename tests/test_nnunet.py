@@ -94,7 +94,7 @@ def test_env_command_lets_nnunet_find_our_trainers(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_enc(phantom2d_prepared) -> Path:
-    return train(phantom2d_prepared, "xlstm_enc", epochs=1, iterations=2, device="cpu")
+    return train(phantom2d_prepared, "xlstm_enc", epochs=1, iterations=2, device="cpu", validate=False)
 
 
 def test_python_api_train_and_predict(trained_enc, phantom2d_prepared, nnunet_root, tmp_path):

@@ -58,7 +58,7 @@ class ExperimentResult:
         for m in self.methods:
             s = self.summaries.get(m, {})
             row = {"method": m}
-            for k, v in s.items():
+            for k, v in s.get("metrics", s).items():
                 if isinstance(v, Mapping) and "mean" in v:
                     row[k] = f"{v['mean']:.4f} ± {v['std']:.4f}"
                     row["n"] = v.get("n")
@@ -106,7 +106,7 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
                    configuration: str = "2d", fold: int | str = 0, epochs: int | None = None,
                    iterations: int | None = None, recipe: str = "paper", lr: float | None = None,
                    device: str = "cpu", seed: int = 0, output_dir: str | Path = "results",
-                   force: bool = False, num_processes: int = 1) -> ExperimentResult:
+                   force: bool = False, num_processes: int = 1, validate: bool = False) -> ExperimentResult:
     """Run one experiment end to end and return where its results are (see the module docstring).
 
     Args:
@@ -121,6 +121,9 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
         seed: conversion split seed and torch/numpy seed before each training.
         output_dir: results root; relative paths are taken from the repository root.
         force: redo conversion, preprocessing, training and evaluation even where outputs exist.
+        num_processes: worker processes for nnU-Net's fingerprinting and preprocessing.
+        validate: also run nnU-Net's own final validation on the fold's validation cases (the test split is
+            always predicted and evaluated).
     """
     validate_experiment_args(dataset, methods, source=source, device=device, configuration=configuration)
     from xlstm_unet.datasets import DATASETS, convert
@@ -131,10 +134,10 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
 
     dirs = apply_env()
     info = DATASETS[dataset]
-    did = dataset_id if dataset_id is not None else info.dataset_id
-    existing = sorted(Path(dirs["nnUNet_raw"]).glob(f"Dataset{did:03d}_*"))
+    did = dataset_id if dataset_id is not None else info.default_id
+    existing = sorted(Path(dirs["nnUNet_raw"]).glob(f"Dataset{did:03d}_*/dataset.json"))  # ids are unique
     if existing and not force:
-        raw = existing[0]
+        raw = existing[0].parent
         log.info("using the converted dataset %s (force=True converts again)", raw)
     else:
         raw = convert(dataset, source=source, dataset_id=did, seed=seed, overwrite=True,
@@ -167,7 +170,8 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
         if force or not (fold_dir / "checkpoint_final.pth").is_file():
             _seed_everything(seed)
             fold_dir = train(raw.name, m, configuration=configuration, fold=fold, device=device,
-                             resume=(fold_dir / "checkpoint_latest.pth").is_file() and not force, **budget)
+                             resume=(fold_dir / "checkpoint_latest.pth").is_file() and not force,
+                             validate=validate, **budget)
         pred = predict(fold_dir, raw / "imagesTs", mdir / "predictions", device=device)
         summary = evaluate_folder(pred, raw / "labelsTs", protocol=protocol, out_dir=mdir, labels=labels,
                                   gt_instances_dir=inst if inst.is_dir() else None, progress=False)
