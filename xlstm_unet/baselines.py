@@ -1,0 +1,573 @@
+"""Baseline networks of the paper's comparison tables, as plain PyTorch modules (no nnU-Net training code).
+
+The xLSTM-UNet paper (arXiv 2407.01530, section 3.3) compares against the baselines of U-Mamba (2D, Table 1) and
+SegMamba (3D, Tables 2 and 3). This module builds them; :mod:`xlstm_unet.nnunet.baseline_trainers` trains them with
+nnU-Net, so that every method shares the data, the patch size, the loss, the recipe and the budget.
+
+- MONAI networks (:class:`MonaiNetwork`, :func:`build_monai_network`): SegResNet (Myronenko 2018), UNETR
+  (Hatamizadeh et al. 2022), SwinUNETR (Hatamizadeh et al. 2021), SwinUNETR-V2 (He et al. 2023; MONAI's
+  ``use_v2=True``) and MedNeXt (Roy et al. 2023; MONAI's ``create_mednext``). The paper's default size of each is in
+  :data:`MONAI_DEFAULTS`. They need the patch to be divisible by a network-specific number
+  (:func:`patch_divisor`); :func:`round_up_patch_size` adapts a patch.
+- U-Mamba (Ma et al. 2024, arXiv 2401.04722; :class:`UMambaUNet`): a residual U-Net (dynamic-network-architectures'
+  ``ResidualEncoder`` and ``UNetResDecoder``) whose chosen encoder stages end in a :class:`MambaLayer` (LayerNorm,
+  then Mamba with d_state 16, d_conv 4, expand 2, on the flattened feature map, in float32). ``bot``: the bottleneck
+  only; ``enc``: every encoder stage.
+
+Dims legend: ``B`` batch, ``C`` channels, ``*spatial`` = ``(H, W)`` (2D) or ``(D, H, W)`` (3D), ``S = prod(spatial)``,
+``K`` classes; Mamba: ``L`` sequence length, ``D`` model dim, ``ED = expand * D``, ``N = d_state``.
+
+Mamba backends (:class:`MambaBackend`): ``mamba_ssm`` (the official CUDA kernels; used when CUDA and the package are
+available) and ``mambapy`` (pure PyTorch, runs on CPU). Both modules use the same parameter names
+(:data:`MAMBA_PARAMETER_NAMES`: ``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``) and
+shapes, so a state dict saved with one backend loads into the other (:func:`convert_mamba_state_dict` checks it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
+from dynamic_network_architectures.building_blocks.residual import BasicBlockD, StackedResidualBlocks
+from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+from dynamic_network_architectures.building_blocks.unet_residual_decoder import UNetResDecoder
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
+from torch import nn
+
+__all__ = [
+    "MonaiNetwork",
+    "MONAI_DEFAULTS",
+    "patch_divisor",
+    "round_up_patch_size",
+    "build_monai_network",
+    "MambaBackend",
+    "MAMBA_PARAMETER_NAMES",
+    "mamba_parameter_shapes",
+    "mamba_ssm_available",
+    "resolve_mamba_backend",
+    "convert_mamba_state_dict",
+    "MambaLayer",
+    "MambaPlacement",
+    "mamba_stage_indices",
+    "ResidualMambaStage",
+    "UMambaUNet",
+]
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------- MONAI
+
+class MonaiNetwork(str, Enum):
+    """The MONAI baselines of the paper's tables."""
+
+    SEGRESNET = "segresnet"
+    UNETR = "unetr"
+    SWINUNETR = "swinunetr"
+    SWINUNETR_V2 = "swinunetr_v2"
+    MEDNEXT = "mednext"
+
+
+#: Keyword arguments of each baseline as trained here (the size the original papers report), on top of MONAI's
+#: defaults. ``in_channels``, ``out_channels``, ``spatial_dims`` (and UNETR's ``img_size``) come from the data.
+MONAI_DEFAULTS: dict[MonaiNetwork, dict[str, Any]] = {
+    # SegResNet paper: 32 initial filters, blocks (1, 2, 2, 4) down, (1, 1, 1) up (MONAI's default is 8 filters).
+    MonaiNetwork.SEGRESNET: {"init_filters": 32, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1)},
+    # UNETR paper: ViT-B/16 encoder (768 hidden, 12 heads, 3072 MLP), feature size 16, instance norm, res blocks.
+    MonaiNetwork.UNETR: {"feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12,
+                         "proj_type": "conv", "norm_name": "instance", "res_block": True},
+    # SwinUNETR paper: feature size 48 (MONAI's default is 24), patch 2, window 7, depths (2, 2, 2, 2).
+    MonaiNetwork.SWINUNETR: {"feature_size": 48, "patch_size": 2, "window_size": 7, "depths": (2, 2, 2, 2),
+                             "num_heads": (3, 6, 12, 24), "use_v2": False},
+    MonaiNetwork.SWINUNETR_V2: {"feature_size": 48, "patch_size": 2, "window_size": 7, "depths": (2, 2, 2, 2),
+                                "num_heads": (3, 6, 12, 24), "use_v2": True},
+    # MedNeXt paper: variant B with 3x3x3 kernels (MONAI's create_mednext preset).
+    MonaiNetwork.MEDNEXT: {"variant": "B", "kernel_size": 3},
+}
+
+
+def _as_network(network: MonaiNetwork | str) -> MonaiNetwork:
+    try:
+        return MonaiNetwork(network)
+    except ValueError:
+        raise ValueError(
+            f"unknown MONAI baseline {network!r}; expected one of {[n.value for n in MonaiNetwork]}") from None
+
+
+def _merged_kwargs(network: MonaiNetwork, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    kwargs = dict(MONAI_DEFAULTS[network])
+    if overrides:
+        reserved = sorted({"in_channels", "out_channels", "spatial_dims", "img_size"} & overrides.keys())
+        if reserved:
+            raise ValueError(f"network kwargs must not set {reserved}: they come from the data and the patch size")
+        kwargs.update(overrides)
+    return kwargs
+
+
+def patch_divisor(network: MonaiNetwork | str, overrides: Mapping[str, Any] | None = None) -> int:
+    """The number every patch axis must be divisible by for ``network`` (with ``overrides`` of its kwargs).
+
+    SegResNet: ``2 ** (len(blocks_down) - 1)`` (8 by default); UNETR: 16 (its ViT patch); SwinUNETR(-V2):
+    ``patch_size ** 5`` (32); MedNeXt: ``2 ** 4`` (16; with explicit ``blocks_down``, ``2 ** len(blocks_down)``).
+    """
+    net = _as_network(network)
+    kwargs = _merged_kwargs(net, overrides)
+    if net is MonaiNetwork.SEGRESNET:
+        return 2 ** (len(kwargs["blocks_down"]) - 1)
+    if net is MonaiNetwork.UNETR:
+        return 16
+    if net in (MonaiNetwork.SWINUNETR, MonaiNetwork.SWINUNETR_V2):
+        return int(kwargs["patch_size"]) ** 5
+    if kwargs.get("variant") is not None:  # create_mednext presets: 4 downsamplings
+        return 2 ** 4
+    return 2 ** len(kwargs.get("blocks_down", (2, 2, 2, 2)))
+
+
+def round_up_patch_size(patch_size: Sequence[int], divisor: int) -> tuple[int, ...]:
+    """Each axis of ``patch_size`` rounded up to the next multiple of ``divisor`` (unchanged if already one).
+
+    >>> round_up_patch_size((40, 224, 192), 32)
+    (64, 224, 192)
+    """
+    if isinstance(divisor, bool) or not isinstance(divisor, (int, np.integer)) or divisor < 1:
+        raise ValueError(f"divisor must be a positive int, got {divisor!r}")
+    out = []
+    for p in patch_size:
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 1:
+            raise ValueError(f"patch_size must hold positive ints, got {list(patch_size)}")
+        out.append(int(math.ceil(int(p) / divisor) * divisor))
+    return tuple(out)
+
+
+def build_monai_network(network: MonaiNetwork | str, *, spatial_dims: int, in_channels: int, out_channels: int,
+                        patch_size: Sequence[int], overrides: Mapping[str, Any] | None = None) -> nn.Module:
+    """A MONAI baseline for ``(B, in_channels, *patch_size)`` inputs, returning logits ``(B, out_channels, *patch)``.
+
+    Args:
+        network: a :class:`MonaiNetwork` (or its value, e.g. ``"unetr"``).
+        spatial_dims: 2 or 3.
+        in_channels, out_channels: image channels and output channels (classes, or regions).
+        patch_size: the training/inference patch, ``spatial_dims`` ints, each divisible by
+            :func:`patch_divisor` (UNETR's position embedding is built for exactly this size).
+        overrides: keyword arguments replacing :data:`MONAI_DEFAULTS` (e.g. a smaller ``feature_size``). For
+            MedNeXt, ``variant`` selects a ``create_mednext`` preset; without ``variant`` (override it with
+            ``None``) the remaining kwargs go to ``MedNeXt`` itself.
+
+    Deep supervision is off: the networks return one tensor.
+
+    Raises:
+        ValueError: unknown network, ``spatial_dims`` not 2 or 3, a patch of the wrong length or not divisible.
+
+    Examples::
+
+        net = build_monai_network("unetr", spatial_dims=2, in_channels=3, out_channels=2, patch_size=(64, 48))
+        logits = net(torch.randn(2, 3, 64, 48))                   # (2, 2, 64, 48)
+    """
+    net = _as_network(network)
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) != spatial_dims:
+        raise ValueError(f"patch_size must have {spatial_dims} entries, got {list(patch_size)}")
+    divisor = patch_divisor(net, overrides)
+    if any(p % divisor for p in patch):
+        raise ValueError(
+            f"{net.value} needs every patch axis divisible by {divisor}, got patch_size {list(patch)}; "
+            f"use round_up_patch_size(patch_size, {divisor}) -> {list(round_up_patch_size(patch, divisor))}")
+    kwargs = _merged_kwargs(net, overrides)
+    common = {"in_channels": in_channels, "out_channels": out_channels, "spatial_dims": spatial_dims}
+    if net is MonaiNetwork.SEGRESNET:
+        from monai.networks.nets import SegResNet
+
+        return SegResNet(**common, **kwargs)
+    if net is MonaiNetwork.UNETR:
+        from monai.networks.nets import UNETR
+
+        return UNETR(**common, img_size=patch, **kwargs)
+    if net in (MonaiNetwork.SWINUNETR, MonaiNetwork.SWINUNETR_V2):
+        from monai.networks.nets import SwinUNETR
+
+        return SwinUNETR(**common, **kwargs)
+    from monai.networks.nets.mednext import MedNeXt, create_mednext
+
+    variant = kwargs.pop("variant", None)
+    if variant is not None:
+        unknown = sorted(kwargs.keys() - {"kernel_size"})
+        if unknown:
+            raise ValueError(f"MedNeXt preset {variant!r} takes only kernel_size, got also {unknown}; "
+                             "set variant=None to pass MedNeXt's own kwargs")
+        return create_mednext(variant, deep_supervision=False, **common, **kwargs)
+    return MedNeXt(**common, deep_supervision=False, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------- Mamba
+
+class MambaBackend(str, Enum):
+    """Which Mamba implementation a :class:`MambaLayer` uses."""
+
+    AUTO = "auto"
+    """``mamba_ssm`` when CUDA and the package are available, else ``mambapy``."""
+    MAMBA_SSM = "mamba_ssm"
+    """The official package (CUDA kernels; ``mamba_ssm.Mamba``)."""
+    MAMBAPY = "mambapy"
+    """Pure PyTorch (``mambapy.mamba.MambaBlock``, parallel scan); runs on CPU."""
+
+
+#: Parameter names of one Mamba mixer, identical in ``mamba_ssm.Mamba`` and ``mambapy.mamba.MambaBlock`` (with
+#: ``bias=False``, ``conv_bias=True``, the defaults of both).
+MAMBA_PARAMETER_NAMES: tuple[str, ...] = (
+    "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight", "dt_proj.bias", "A_log",
+    "D", "out_proj.weight",
+)
+
+# Key mapping between the two backends: the same names (mamba.py follows mamba_ssm's mamba_simple.py).
+_MAMBAPY_TO_MAMBA_SSM: dict[str, str] = {name: name for name in MAMBA_PARAMETER_NAMES}
+
+
+def mamba_parameter_shapes(d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2) -> dict[str, tuple]:
+    """Shapes of the parameters of one Mamba mixer (``dt_rank = ceil(d_model / 16)``, ``ED = expand * d_model``)."""
+    d_inner = expand * d_model
+    dt_rank = math.ceil(d_model / 16)
+    return {
+        "in_proj.weight": (2 * d_inner, d_model),
+        "conv1d.weight": (d_inner, 1, d_conv),
+        "conv1d.bias": (d_inner,),
+        "x_proj.weight": (dt_rank + 2 * d_state, d_inner),
+        "dt_proj.weight": (d_inner, dt_rank),
+        "dt_proj.bias": (d_inner,),
+        "A_log": (d_inner, d_state),
+        "D": (d_inner,),
+        "out_proj.weight": (d_model, d_inner),
+    }
+
+
+def mamba_ssm_available() -> bool:
+    """True when CUDA is available and ``mamba_ssm`` is installed."""
+    return torch.cuda.is_available() and importlib.util.find_spec("mamba_ssm") is not None
+
+
+def resolve_mamba_backend(backend: MambaBackend | str = MambaBackend.AUTO) -> MambaBackend:
+    """``auto`` -> ``mamba_ssm`` if :func:`mamba_ssm_available` else ``mambapy``; explicit choices are checked.
+
+    Raises:
+        ValueError: unknown name, or ``mamba_ssm`` requested without CUDA or without the package.
+    """
+    try:
+        choice = MambaBackend(backend)
+    except ValueError:
+        raise ValueError(f"unknown Mamba backend {backend!r}; expected one of {[b.value for b in MambaBackend]}") \
+            from None
+    if choice is MambaBackend.AUTO:
+        choice = MambaBackend.MAMBA_SSM if mamba_ssm_available() else MambaBackend.MAMBAPY
+        log.debug("Mamba backend 'auto' -> %r", choice.value)
+        return choice
+    if choice is MambaBackend.MAMBA_SSM and not mamba_ssm_available():
+        raise ValueError("Mamba backend 'mamba_ssm' needs CUDA and the mamba_ssm package "
+                         f"(cuda available: {torch.cuda.is_available()}, "
+                         f"mamba_ssm installed: {importlib.util.find_spec('mamba_ssm') is not None}); "
+                         "use 'mambapy' or 'auto'")
+    return choice
+
+
+def convert_mamba_state_dict(state_dict: Mapping[str, torch.Tensor], *, to: MambaBackend | str,
+                             prefix: str = "") -> dict[str, torch.Tensor]:
+    """A new state dict with the Mamba mixer keys under ``prefix`` renamed for backend ``to``.
+
+    The two backends share parameter names and shapes, so the mapping is the identity; this function documents
+    that and checks it: every Mamba key (``prefix + name``, ``name`` in :data:`MAMBA_PARAMETER_NAMES`) must be
+    present. Other keys are copied unchanged.
+
+    Raises:
+        ValueError: a Mamba parameter is missing under ``prefix``, or an unknown backend.
+    """
+    target = MambaBackend(to)
+    if target is MambaBackend.AUTO:
+        target = resolve_mamba_backend(target)
+    missing = [prefix + n for n in MAMBA_PARAMETER_NAMES if prefix + n not in state_dict]
+    if missing:
+        raise ValueError(f"state dict has no Mamba parameters {missing} (prefix {prefix!r})")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        name = key[len(prefix):] if key.startswith(prefix) else None
+        if name in _MAMBAPY_TO_MAMBA_SSM:
+            mapped = _MAMBAPY_TO_MAMBA_SSM[name] if target is MambaBackend.MAMBA_SSM else name
+            out[prefix + mapped] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _build_mamba(d_model: int, d_state: int, d_conv: int, expand: int, backend: MambaBackend) -> nn.Module:
+    if backend is MambaBackend.MAMBA_SSM:
+        from mamba_ssm import Mamba
+
+        return Mamba(d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand)
+    from mambapy.mamba import MambaBlock, MambaConfig
+
+    return MambaBlock(MambaConfig(d_model=d_model, n_layers=1, d_state=d_state, d_conv=d_conv, expand_factor=expand))
+
+
+class MambaLayer(nn.Module):
+    """U-Mamba's layer: flatten a feature map to tokens, LayerNorm, Mamba, reshape back (no residual).
+
+    ``(B, C, *spatial) -> (B, C, *spatial)``. Spatial tokens (default): ``L = S`` tokens of dimension ``C``, in
+    row-major (C-order) raster order of ``*spatial``. Channel tokens (``channel_tokens=True``, U-Mamba Enc at stages
+    whose voxel count is at most C): ``L = C`` tokens of dimension ``S``; then ``dim`` must be ``S``.
+
+    Runs in float32 with autocast off (U-Mamba trains Mamba without AMP); float64 inputs stay float64. The output
+    has the input's dtype.
+
+    Args:
+        dim: the token dimension ``D`` (``C``, or ``S`` with channel tokens).
+        d_state, d_conv, expand: Mamba's state size ``N``, causal conv width and expansion (16, 4, 2: U-Mamba's).
+        channel_tokens: use channels as tokens (see above).
+        backend: :class:`MambaBackend`; ``auto`` picks ``mamba_ssm`` on a CUDA machine that has it.
+
+    Raises:
+        ValueError: bad sizes, unknown backend; in ``forward``, an input whose token dimension is not ``dim``.
+    """
+
+    def __init__(self, dim: int, *, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 channel_tokens: bool = False, backend: MambaBackend | str = MambaBackend.AUTO) -> None:
+        super().__init__()
+        for name, value in (("dim", dim), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.dim = int(dim)
+        self.channel_tokens = bool(channel_tokens)
+        self.backend = resolve_mamba_backend(backend)
+        self.norm = nn.LayerNorm(self.dim)
+        self.mamba = _build_mamba(self.dim, int(d_state), int(d_conv), int(expand), self.backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 3:
+            raise ValueError(f"expected (B, C, *spatial), got shape {tuple(x.shape)}")
+        b, c, spatial = x.shape[0], x.shape[1], x.shape[2:]
+        token_dim = math.prod(spatial) if self.channel_tokens else c
+        if token_dim != self.dim:
+            kind = "voxel count S" if self.channel_tokens else "channels C"
+            raise ValueError(f"MambaLayer(dim={self.dim}, channel_tokens={self.channel_tokens}) got {kind} = "
+                             f"{token_dim} (input shape {tuple(x.shape)})")
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            h = x.to(torch.promote_types(x.dtype, torch.float32)).flatten(2)  # (B, C, S)
+            if not self.channel_tokens:
+                h = h.transpose(1, 2)  # (B, S, C)
+            h = self.mamba(self.norm(h))  # (B, L, D)
+            if not self.channel_tokens:
+                h = h.transpose(1, 2)  # (B, C, S)
+            out = h.reshape(b, c, *spatial)  # (B, C, *spatial)
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, channel_tokens={self.channel_tokens}, backend={self.backend.value}"
+
+
+class MambaPlacement(str, Enum):
+    """Where :class:`UMambaUNet` puts its Mamba layers."""
+
+    BOT = "bot"
+    """The bottleneck only (U-Mamba Bot)."""
+    ENC = "enc"
+    """Every encoder stage (U-Mamba Enc)."""
+
+
+def mamba_stage_indices(placement: MambaPlacement | str, n_stages: int) -> list[int]:
+    """Encoder stages with a Mamba layer: ``bot`` -> ``[n_stages - 1]``, ``enc`` -> ``[0, ..., n_stages - 1]``."""
+    try:
+        preset = MambaPlacement(placement)
+    except ValueError:
+        raise ValueError(f"unknown mamba_placement {placement!r}; expected one of "
+                         f"{[p.value for p in MambaPlacement]}") from None
+    return [n_stages - 1] if preset is MambaPlacement.BOT else list(range(n_stages))
+
+
+class ResidualMambaStage(nn.Module):
+    """One encoder stage: residual conv blocks, then a :class:`MambaLayer`.
+
+    ``(B, C_in, *spatial) -> blocks -> (B, C, *spatial / stride) -> mamba -> (B, C, *spatial / stride)``.
+    """
+
+    def __init__(self, blocks: StackedResidualBlocks, mamba: MambaLayer) -> None:
+        super().__init__()
+        self.blocks = blocks
+        self.mamba = mamba
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mamba(self.blocks(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Voxels of the stored feature maps (nnU-Net's memory estimate); the Mamba layer counts its output only."""
+        output_size = [i // j for i, j in zip(input_size, self.blocks.initial_stride)]
+        return self.blocks.compute_conv_feature_map_size(input_size) + np.prod(
+            [self.blocks.output_channels, *output_size], dtype=np.int64)
+
+
+def _per_stage(name: str, value: Any, n: int) -> list[int]:
+    """A new list of ``n`` positive ints from an int or a sequence of ``n`` ints."""
+    values = [value] * n if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)) or len(values) != n:
+        raise ValueError(f"{name} must be an int or {n} ints (one per stage), got {value!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must hold positive ints, got {list(values)}")
+    return [int(v) for v in values]
+
+
+class UMambaUNet(AbstractDynamicNetworkArchitectures):
+    """U-Mamba (Bot or Enc) for 2D or 3D (``conv_op`` decides), buildable from nnU-Net v2 plans.
+
+    Encoder: dynamic-network-architectures' ``ResidualEncoder`` (conv stem, ``BasicBlockD`` residual blocks, the
+    first block of a stage carries its stride). The stages chosen by ``mamba_placement`` end in a
+    :class:`MambaLayer`. Decoder: ``UNetResDecoder`` (transposed conv, concatenation with the skip, residual blocks,
+    1x1 heads for deep supervision).
+
+    U-Mamba Enc as in U-Mamba: the encoder stages from ``ceil(n_stages / 2)`` on and the decoder stages from
+    ``ceil((n_stages - 1) / 2 + 0.5)`` on (counted from the bottleneck side) have one block each; a stage whose
+    voxel count (from ``patch_size``) is at most its channel count uses channel tokens. Bot keeps the plans' block
+    counts and spatial tokens.
+
+    ``forward(x)``: ``(B, input_channels, *spatial)`` -> logits ``(B, K, *spatial)``, or with
+    ``decoder.deep_supervision`` a list of ``n_stages - 1`` of them, highest resolution first (nnU-Net's convention).
+
+    Args:
+        input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, conv_bias, norm_op,
+            norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, deep_supervision: as in
+            dynamic-network-architectures' ``ResidualEncoderUNet`` (the keys of nnU-Net's plans).
+        num_classes: output channels ``K``.
+        n_conv_per_stage / n_blocks_per_stage: residual blocks per encoder stage (nnUNetPlans use the first name,
+            ResEnc plans the second; give one, or both if equal).
+        n_conv_per_stage_decoder: residual blocks per decoder stage (``n_stages - 1``, bottleneck side first).
+        mamba_placement: ``"bot"`` (default) or ``"enc"``.
+        patch_size: the training patch (needed by ``enc`` for the channel-token rule; without it, spatial tokens).
+        mamba_kwargs: extra :class:`MambaLayer` kwargs (``d_state``, ``d_conv``, ``expand``, ``backend``).
+
+    Examples::
+
+        net = UMambaUNet(input_channels=1, n_stages=4, features_per_stage=[8, 16, 32, 64], conv_op=nn.Conv2d,
+                         kernel_sizes=3, strides=[1, 2, 2, 2], num_classes=3, n_conv_per_stage=2,
+                         n_conv_per_stage_decoder=1, norm_op=nn.InstanceNorm2d, nonlin=nn.LeakyReLU,
+                         mamba_placement="enc", patch_size=(32, 32))
+        logits = net(torch.randn(2, 1, 32, 32))               # (2, 3, 32, 32)
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        n_stages: int,
+        features_per_stage: int | Sequence[int],
+        conv_op: type[nn.Module],
+        kernel_sizes: int | Sequence[int | Sequence[int]],
+        strides: int | Sequence[int | Sequence[int]],
+        *,
+        num_classes: int,
+        n_conv_per_stage: int | Sequence[int] | None = None,
+        n_blocks_per_stage: int | Sequence[int] | None = None,
+        n_conv_per_stage_decoder: int | Sequence[int],
+        conv_bias: bool = False,
+        norm_op: type[nn.Module] | None = None,
+        norm_op_kwargs: dict | None = None,
+        dropout_op: type[nn.Module] | None = None,
+        dropout_op_kwargs: dict | None = None,
+        nonlin: type[nn.Module] | None = None,
+        nonlin_kwargs: dict | None = None,
+        deep_supervision: bool = False,
+        mamba_placement: MambaPlacement | str = MambaPlacement.BOT,
+        patch_size: Sequence[int] | None = None,
+        mamba_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(conv_op, type) or not issubclass(conv_op, (nn.Conv2d, nn.Conv3d)):
+            raise ValueError(f"conv_op must be nn.Conv2d or nn.Conv3d, got {conv_op!r}")
+        dim = convert_conv_op_to_dim(conv_op)
+        if isinstance(n_stages, bool) or not isinstance(n_stages, int) or n_stages < 2:
+            raise ValueError(f"n_stages must be an int >= 2, got {n_stages!r}")
+        if n_conv_per_stage is None and n_blocks_per_stage is None:
+            raise ValueError("give n_conv_per_stage (or its alias n_blocks_per_stage), got neither")
+        given = [_per_stage(n, v, n_stages) for n, v in (("n_conv_per_stage", n_conv_per_stage),
+                                                         ("n_blocks_per_stage", n_blocks_per_stage)) if v is not None]
+        if len(given) == 2 and given[0] != given[1]:
+            raise ValueError(f"n_conv_per_stage {given[0]} and n_blocks_per_stage {given[1]} differ; give one")
+        blocks = given[0]
+        decoder_blocks = _per_stage("n_conv_per_stage_decoder", n_conv_per_stage_decoder, n_stages - 1)
+        features = _per_stage("features_per_stage", features_per_stage, n_stages)
+        stride_list = [[int(s)] * dim if isinstance(s, (int, np.integer)) else [int(a) for a in s]
+                       for s in ([strides] * n_stages if isinstance(strides, (int, np.integer)) else strides)]
+        if len(stride_list) != n_stages or any(len(s) != dim for s in stride_list):
+            raise ValueError(f"strides must be an int or {n_stages} entries of an int or {dim} ints, got {strides!r}")
+        stages_with_mamba = mamba_stage_indices(mamba_placement, n_stages)  # validates the name
+        placement = MambaPlacement(mamba_placement)
+        if placement is MambaPlacement.ENC:
+            for s in range(math.ceil(n_stages / 2), n_stages):
+                blocks[s] = 1
+            for s in range(math.ceil((n_stages - 1) / 2 + 0.5), n_stages - 1):
+                decoder_blocks[s] = 1
+
+        feature_sizes: list[list[int]] | None = None
+        if patch_size is not None:
+            patch = [int(p) for p in patch_size]
+            if len(patch) != dim:
+                raise ValueError(f"patch_size must have {dim} entries, got {list(patch_size)}")
+            feature_sizes, current = [], patch
+            for stride in stride_list:
+                current = [c // st for c, st in zip(current, stride)]
+                feature_sizes.append(current)
+        self.patch_size: tuple[int, ...] | None = None if patch_size is None else tuple(int(p) for p in patch_size)
+        self.mamba_placement = placement
+        self.total_stride: tuple[int, ...] = tuple(math.prod(s[a] for s in stride_list) for a in range(dim))
+
+        self.key_to_encoder = "encoder.stages"
+        self.key_to_stem = "encoder.stem"
+        self.keys_to_in_proj = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")
+        self.encoder = ResidualEncoder(
+            input_channels, n_stages, features, conv_op, kernel_sizes, stride_list, blocks, conv_bias, norm_op,
+            None if norm_op_kwargs is None else dict(norm_op_kwargs), dropout_op,
+            None if dropout_op_kwargs is None else dict(dropout_op_kwargs), nonlin,
+            None if nonlin_kwargs is None else dict(nonlin_kwargs), block=BasicBlockD, return_skips=True)
+        layer_kwargs = dict(mamba_kwargs or {})
+        reserved = sorted({"dim", "channel_tokens"} & layer_kwargs.keys())
+        if reserved:
+            raise ValueError(f"mamba_kwargs must not set {reserved}: they come from each stage")
+        for s in stages_with_mamba:
+            channel_tokens = (placement is MambaPlacement.ENC and feature_sizes is not None
+                              and math.prod(feature_sizes[s]) <= features[s])
+            layer = MambaLayer(math.prod(feature_sizes[s]) if channel_tokens else features[s],
+                               channel_tokens=channel_tokens, **layer_kwargs)
+            self.encoder.stages[s] = ResidualMambaStage(self.encoder.stages[s], layer)
+        self.decoder = UNetResDecoder(self.encoder, num_classes, decoder_blocks, bool(deep_supervision))
+
+    @property
+    def mamba_stages(self) -> tuple[int, ...]:
+        """Encoder stage indices that end in a Mamba layer."""
+        return tuple(i for i, st in enumerate(self.encoder.stages) if isinstance(st, ResidualMambaStage))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """``(B, C_in, *spatial)`` -> logits ``(B, K, *spatial)`` (a list of them under deep supervision)."""
+        if x.ndim != len(self.total_stride) + 2 or any(n % t for n, t in zip(x.shape[2:], self.total_stride)):
+            raise ValueError(f"expected (B, C, *spatial) with spatial sizes divisible by {self.total_stride}, "
+                             f"got {tuple(x.shape)}")
+        return self.decoder(self.encoder(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Voxel count of the stored feature maps for a ``input_size`` patch (nnU-Net's memory estimate)."""
+        return self.encoder.compute_conv_feature_map_size(input_size) + \
+            self.decoder.compute_conv_feature_map_size(input_size)
+
+    def initialize(self, module: nn.Module) -> None:
+        """nnU-Net's init hook: He init of convs and zero-init of each residual block's last norm, as for
+        ``ResidualEncoderUNet``; Mamba layers keep their own init (dt bias, S4D-real ``A_log``)."""
+        if any(module is m for st in self.encoder.stages if isinstance(st, ResidualMambaStage)
+               for m in st.mamba.modules()):
+            return
+        InitWeights_He(1e-2)(module)
+        init_last_bn_before_add_to_0(module)
+
+    def extra_repr(self) -> str:
+        return f"mamba_stages={list(self.mamba_stages)}, patch_size={self.patch_size}"
