@@ -177,7 +177,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run); 1 timed step")
     parser.add_argument("--paper-sizes", action="store_true", help="2D 320x320 batch 12, 3D 48x160x224 batch 2")
     parser.add_argument(
-        "--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS + EXTRA_MODELS} (default: {MODELS})"
+        "--models",
+        default=",".join(MODELS),
+        help=f"comma-separated subset of {MODELS + EXTRA_MODELS} (default: {MODELS})",
     )
     parser.add_argument("--dims", default="2,3", help="comma-separated subset of 2,3")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")

@@ -285,6 +285,24 @@ def test_no_vil_equals_dynamic_network_architectures_residual_unet(dim):
     with torch.no_grad():
         for a, b in zip(ours.eval()(x), theirs.eval()(x), strict=True):
             torch.testing.assert_close(a, b)
+    patch = CONFIGS[dim][2]
+    assert ours.compute_conv_feature_map_size(patch) == theirs.compute_conv_feature_map_size(patch)
+
+
+def test_feature_map_size_counts_vil_outputs():
+    """nnU-Net's planner memory estimate: the ViL stages add their output maps to the residual U-Net's count."""
+    _, _, patch, strides, features = CONFIGS[3]
+    with pytest.warns(UserWarning, match="empty"):
+        plain = XLSTMUNet(**arch_kwargs(3, vil_placement=[]))
+    net = XLSTMUNet(**arch_kwargs(3, vil_placement=[0, 3]))
+    sizes, size = [], list(patch)
+    for stride in strides:
+        size = [p // s for p, s in zip(size, stride)]
+        sizes.append(math.prod(size))
+    extra = features[0] * sizes[0] + features[3] * sizes[3]
+    assert net.compute_conv_feature_map_size(patch) == plain.compute_conv_feature_map_size(patch) + extra
+    with pytest.raises(ValueError, match="spatial sizes"):
+        net.compute_conv_feature_map_size((2, *patch))
 
 
 # ------------------------------------------------------------------------------------------- ViL wiring
@@ -363,6 +381,12 @@ def test_state_dict_round_trip_gives_equal_outputs():
 def test_constructor_validation(overrides, message):
     with pytest.raises(ValueError, match=message):
         XLSTMUNet(**arch_kwargs(2, **overrides))
+
+
+def test_dropout_op_without_kwargs():
+    net = XLSTMUNet(**arch_kwargs(2, vil_placement="bot", dropout_op=nn.Dropout2d, dropout_op_kwargs=None))
+    assert sum(isinstance(m, nn.Dropout2d) for m in net.modules()) > 0
+    net.eval()(torch.randn(1, 2, 32, 32))
 
 
 def test_alias_n_blocks_per_stage_accepted_when_equal():

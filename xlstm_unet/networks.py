@@ -302,7 +302,8 @@ class XLSTMUNet(AbstractDynamicNetworkArchitectures):
             (see :func:`vil_stage_indices`).
         vil_kwargs: extra keyword arguments for every :class:`~xlstm_unet.vil.ViLStage` (``directions``,
             ``conv_kind``, ``backend``, ``num_heads``, ``expansion``, ``chunk_size``, ``channel_tokens``); not
-            ``channels``, ``feature_size`` or ``spatial_dims``, which come from the stage. Default ``None``: ViLStage's defaults.
+            ``channels``, ``feature_size`` or ``spatial_dims``, which come from the stage. Default ``None``:
+            ViLStage's defaults.
         patch_size: the training patch size (``dim`` ints), or ``None``. When given, every ViL stage learns its
             feature-map size (``patch_size / cumulative stride``), which ViLStage's channel-token mode needs
             (tokens = channels where the voxel count is at most C, as in the official code); the network then
@@ -358,7 +359,7 @@ class XLSTMUNet(AbstractDynamicNetworkArchitectures):
             raise ValueError(f"conv_op must be nn.Conv2d or nn.Conv3d (or a subclass), got {conv_op!r}")
         dim = convert_conv_op_to_dim(conv_op)
         if isinstance(n_stages, bool) or not isinstance(n_stages, int) or n_stages < 2:
-            raise ValueError(f"n_stages must be an int >= 2 (encoder and at least one decoder stage), got {n_stages!r}")
+            raise ValueError(f"n_stages must be an int >= 2 (a bottleneck and one skip resolution), got {n_stages!r}")
         for name, value in (("input_channels", input_channels), ("num_classes", num_classes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -376,9 +377,16 @@ class XLSTMUNet(AbstractDynamicNetworkArchitectures):
                 f"{blocks_lists[0]} vs {blocks_lists[1]}; give only one"
             )
         blocks_per_stage = blocks_lists[0]
-        features = _positive_ints("features_per_stage", _per_stage("features_per_stage", features_per_stage, n_stages))
-        kernels = [_per_axis(f"kernel_sizes[{s}]", k, dim) for s, k in enumerate(_per_stage("kernel_sizes", kernel_sizes, n_stages))]
-        stride_list = [_per_axis(f"strides[{s}]", k, dim) for s, k in enumerate(_per_stage("strides", strides, n_stages))]
+        features = _positive_ints(
+            "features_per_stage", _per_stage("features_per_stage", features_per_stage, n_stages)
+        )
+        kernels = [
+            _per_axis(f"kernel_sizes[{s}]", k, dim)
+            for s, k in enumerate(_per_stage("kernel_sizes", kernel_sizes, n_stages))
+        ]
+        stride_list = [
+            _per_axis(f"strides[{s}]", k, dim) for s, k in enumerate(_per_stage("strides", strides, n_stages))
+        ]
         decoder_blocks = _positive_ints(
             "n_conv_per_stage_decoder", _per_stage("n_conv_per_stage_decoder", n_conv_per_stage_decoder, n_stages - 1)
         )
@@ -427,11 +435,11 @@ class XLSTMUNet(AbstractDynamicNetworkArchitectures):
             blocks_per_stage,
             conv_bias,
             norm_op,
-            None if norm_op_kwargs is None else dict(norm_op_kwargs),
+            dict(norm_op_kwargs or {}),
             dropout_op,
-            None if dropout_op_kwargs is None else dict(dropout_op_kwargs),
+            dict(dropout_op_kwargs or {}),
             nonlin,
-            None if nonlin_kwargs is None else dict(nonlin_kwargs),
+            dict(nonlin_kwargs or {}),
             vil_stages=vil_stages,
             feature_sizes=feature_sizes,
             vil_kwargs=vil_options,
