@@ -104,6 +104,7 @@ def test_generic_end_to_end(tmp_path):
     assert s["median"] == pytest.approx(df["dice_liver"].median())
     assert s["n"] == 2 and js["n_cases"] == 2 and js["protocol"] == "generic"
     assert js["conventions"]["nsd_tolerance"] == 2.0
+    assert set(js["software"]) >= {"monai", "scipy"}
 
 
 def test_generic_without_labels_and_with_regions(tmp_path):

@@ -525,8 +525,21 @@ def score_folder(
         "gt_instances_dir": None if inst_dir is None else str(inst_dir), "file_ending": ending,
         "metrics": summarize(per_case), "conventions": _conventions(settings, regions is not None),
         "statistics": "mean, std (ddof=0) and median over cases, ignoring empty (NaN) entries; n = cases used",
+        "software": _versions(),
     }
     return per_case, summary
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("xlstm-unet", "monai", "scipy", "scikit-image", "nnunetv2"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
 
 
 def _column_order(col: str) -> tuple[int, int]:
