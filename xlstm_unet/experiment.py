@@ -32,7 +32,7 @@ import numpy as np
 
 from xlstm_unet.paths import REPO_ROOT
 
-__all__ = ["ExperimentResult", "run_experiment", "validate_experiment_args", "dataset_protocol"]
+__all__ = ["ExperimentResult", "run_experiment", "validate_experiment_args", "dataset_protocol", "table_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,18 @@ class ExperimentResult:
 
     def method_dir(self, method: str) -> Path:
         return self.results_dir / method
+
+    def table_metrics(self) -> list[str]:
+        """The metrics that this dataset's results table reports (see :func:`table_metrics`)."""
+        import pandas as pd
+
+        cols: list[str] = []
+        for m in self.methods:
+            csv = self.results_dir / m / "per_case.csv"
+            if csv.is_file():
+                cols = list(pd.read_csv(csv, nrows=0).columns)
+                break
+        return table_metrics(dataset_protocol(self.raw_dir), cols)
 
     def summary_table(self):
         """A pandas DataFrame: one row per method, the mean ± std of each summary metric and the case count."""
@@ -70,6 +82,21 @@ def dataset_protocol(raw_dir: Path) -> str:
     """The evaluation protocol recorded by our converters in ``dataset.json`` (``generic`` when absent)."""
     meta = json.loads((raw_dir / "dataset.json").read_text()).get("xlstm_unet") or {}
     return meta.get("protocol", "generic")
+
+
+def table_metrics(protocol: str, per_case_columns: Sequence[str] = ()) -> list[str]:
+    """The per-case columns a results table reports for a protocol (as in the paper's tables).
+
+    ``generic``, ``abdomen``, ``endoscopy``: ``dice_mean``, ``nsd_mean``; ``cells``: ``f1``; ``brats``: every
+    ``dice_<region>`` then every ``hd95_<region>`` column found in ``per_case_columns``.
+    """
+    if protocol == "cells":
+        return ["f1"]
+    if protocol == "brats":
+        cols = list(per_case_columns)
+        return ([c for c in cols if c.startswith("dice_")] + [c for c in cols if c.startswith("hd95_")]) or \
+            ["dice_mean", "hd95_mean"]
+    return ["dice_mean", "nsd_mean"]
 
 
 def validate_experiment_args(dataset: str, methods: Sequence[str], *, source=None, device: str = "cpu",
@@ -106,7 +133,8 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
                    configuration: str = "2d", fold: int | str = 0, epochs: int | None = None,
                    iterations: int | None = None, recipe: str = "paper", lr: float | None = None,
                    device: str = "cpu", seed: int = 0, output_dir: str | Path = "results",
-                   force: bool = False, num_processes: int = 1, validate: bool = False) -> ExperimentResult:
+                   force: bool = False, num_processes: int = 1, validate: bool = False,
+                   mirroring: bool = True) -> ExperimentResult:
     """Run one experiment end to end and return where its results are (see the module docstring).
 
     Args:
@@ -124,6 +152,7 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
         num_processes: worker processes for nnU-Net's fingerprinting and preprocessing.
         validate: also run nnU-Net's own final validation on the fold's validation cases (the test split is
             always predicted and evaluated).
+        mirroring: nnU-Net's test-time mirroring when predicting (its default; off is 4x (2D) / 8x (3D) faster).
     """
     validate_experiment_args(dataset, methods, source=source, device=device, configuration=configuration)
     from xlstm_unet.datasets import DATASETS, convert
@@ -153,7 +182,7 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
     shutil.copyfile(raw / "split.json", results / "split.json")
     protocol = dataset_protocol(raw)
     ds_json = json.loads((raw / "dataset.json").read_text())
-    labels = {k: v for k, v in ds_json["labels"].items() if isinstance(v, int)}
+    labels = ds_json["labels"]  # {name: id}, or {name: [ids]} regions (BraTS)
     inst = raw / "labelsTs_instances"
 
     res = ExperimentResult(dataset=raw.name, raw_dir=raw, results_dir=results, methods=list(methods))
@@ -172,12 +201,12 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
             fold_dir = train(raw.name, m, configuration=configuration, fold=fold, device=device,
                              resume=(fold_dir / "checkpoint_latest.pth").is_file() and not force,
                              validate=validate, **budget)
-        pred = predict(fold_dir, raw / "imagesTs", mdir / "predictions", device=device)
+        pred = predict(fold_dir, raw / "imagesTs", mdir / "predictions", device=device, mirroring=mirroring)
         summary = evaluate_folder(pred, raw / "labelsTs", protocol=protocol, out_dir=mdir, labels=labels,
                                   gt_instances_dir=inst if inst.is_dir() else None, progress=False)
         run = {"method": m, "dataset": raw.name, "trainer": trainer_name(m, **budget), "plans": get_method(m).plans,
                "configuration": configuration, "fold": fold, "recipe": recipe, "lr": lr, "epochs": epochs,
-               "iterations_per_epoch": iterations, "seed": seed, "device": device, "model_folder": str(folder),
+               "iterations_per_epoch": iterations, "seed": seed, "device": device, "mirroring": mirroring, "model_folder": str(folder),
                "protocol": protocol}
         (mdir / "run.json").write_text(json.dumps(run, indent=2))
         res.summaries[m] = summary

@@ -74,6 +74,15 @@ def prepare(dataset: int | str, *, configurations: Sequence[str] = ("2d",), plan
     unknown = [p for p in plans if p not in PLANNERS]
     if unknown:
         raise ValueError(f"unknown plans {unknown}; expected some of {sorted(PLANNERS)}")
+    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which fails for 0 (in-process augmentation)
+    da = os.environ.get("nnUNet_n_proc_DA")
+    with _env(nnUNet_n_proc_DA="1" if da == "0" else da):
+        _prepare(pp, did, out, configurations, plans, num_processes, verify, overwrite)
+    return out
+
+
+def _prepare(pp, did: int, out: Path, configurations, plans, num_processes: int, verify: bool,
+             overwrite: bool) -> None:
     if overwrite or not (out / "dataset_fingerprint.json").is_file():
         pp.extract_fingerprints([did], num_processes=num_processes, check_dataset_integrity=verify, clean=True,
                                 verbose=False)
@@ -93,7 +102,6 @@ def prepare(dataset: int | str, *, configurations: Sequence[str] = ("2d",), plan
                 todo.append(c)
         if todo:
             pp.preprocess([did], plans_id, todo, [num_processes] * len(todo), verbose=False)
-    return out
 
 
 @contextlib.contextmanager

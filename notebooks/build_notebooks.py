@@ -1,0 +1,150 @@
+"""Write the experiment notebooks from one template (run: ``.venv/bin/python notebooks/build_notebooks.py``).
+
+The notebooks are thin: a ``parameters`` cell (one ``name: type = default  # help`` per line, so
+``papermill --help-notebook`` documents them), a call to :func:`xlstm_unet.experiment.run_experiment`, a results
+table in the paper's format and a Fig. 2 panel. Edit this file, not the generated notebooks, and re-run it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+# name, dataset, configuration, title, description, default data_dir, methods, epochs, iterations, convert options
+EXPERIMENTS = [
+    ("10_kvasir_seg", "kvasir_seg", "2d", "Kvasir-SEG polyps (real, 2D RGB)",
+     "200 real colonoscopy frames from `$XLSTM_UNET_SHARED_DATA/kvasir_seg`, binary polyp masks.", "",
+     ["nnunet", "xlstm_bot", "xlstm_enc"], 20, 50, {}),
+    ("11_ctc_nuclei", "ctc_nuclei", "2d", "Cell Tracking Challenge nuclei (real, 2D, cell F1)",
+     "10 real fluorescence frames (GOWT1, HeLa) from `$XLSTM_UNET_SHARED_DATA/ctc_nuclei`, trained as 3 classes "
+     "(background / interior / boundary) and scored by instance F1 as in the paper's microscopy protocol.", "",
+     ["nnunet", "xlstm_bot", "xlstm_enc"], 20, 50, {}),
+    ("12_pgbm_brain_mri", "pgbm_brain_mri", "3d_fullres", "PGBM brain-tumour MRI (real, 3D, four modalities)",
+     "5 real studies (3 patients) from `$XLSTM_UNET_SHARED_DATA/pgbm_brain_mri`; train/test split by patient.", "",
+     ["nnunet", "xlstm_bot", "xlstm_enc"], 10, 25, {}),
+    ("20_abdomen_mri_2d", "amos_mri", "2d", "Abdomen MRI, 2D (paper Table 1)",
+     "AMOS 2022 MRI, 13 organs, U-Mamba's 60/50 split; DSC and NSD with the organ tolerance table.",
+     "data/raw/amos22", ["nnunet", "resenc_m", "segresnet", "unetr", "swinunetr", "umamba_bot", "umamba_enc",
+                         "xlstm_bot", "xlstm_enc"], 1000, 250, {}),
+    ("21_endoscopy", "endovis17", "2d", "Endoscopy instruments, 2D (paper Table 1)",
+     "EndoVis 2017, 7 instrument classes, the official 1800/1200 split by video, frames cropped to 384x640.",
+     "data/raw/endovis17", ["nnunet", "resenc_m", "segresnet", "unetr", "swinunetr", "umamba_bot", "umamba_enc",
+                            "xlstm_bot", "xlstm_enc"], 1000, 250, {}),
+    ("22_microscopy_cells", "neurips_cells", "2d", "Microscopy cells, 2D (paper Table 1)",
+     "NeurIPS 2022 cell segmentation: 3-class training targets, instance F1 at IoU 0.5.",
+     "data/raw/neurips_cells", ["nnunet", "resenc_m", "segresnet", "unetr", "swinunetr", "umamba_bot",
+                                "umamba_enc", "xlstm_bot", "xlstm_enc"], 1000, 250, {}),
+    ("23_brats_3d", "brats23", "3d_fullres", "BraTS 2023, 3D (paper Table 2)",
+     "BraTS 2023 glioma, four modalities, region-based training (WT/TC/ET), Dice and HD95 (SegMamba protocol).",
+     "data/raw/brats23", ["segresnet", "unetr", "swinunetr", "swinunetr_v2", "mednext", "umamba_bot",
+                          "xlstm_bot", "xlstm_enc"], 1000, 250, {}),
+    ("24_abdomen_mri_3d", "amos_mri", "3d_fullres", "Abdomen MRI, 3D (paper Table 3)",
+     "AMOS 2022 MRI, 13 organs, 3D configuration; DSC and NSD.",
+     "data/raw/amos22", ["segresnet", "unetr", "swinunetr", "swinunetr_v2", "mednext", "umamba_bot",
+                         "xlstm_bot", "xlstm_enc"], 1000, 250, {}),
+]
+
+
+def _params(dataset, configuration, data_dir, methods, epochs, iterations, convert_options, output_dir,
+            figure_dir, extra=""):
+    return (
+        f'dataset: str = "{dataset}"  # converter name (xlstm-unet convert --help)\n'
+        f'data_dir: str = "{data_dir}"  # raw data folder (empty: the converter default)\n'
+        f"methods: list = {methods!r}  # method names (xlstm_unet.nnunet.METHODS)\n"
+        f'configuration: str = "{configuration}"  # nnU-Net configuration\n'
+        "fold: int = 0  # nnU-Net fold: 0-4, or all (needed below 5 training cases)\n"
+        f"epochs: int = {epochs}  # epochs per method (nnU-Net's full budget: 1000)\n"
+        f"iterations_per_epoch: int = {iterations}  # iterations per epoch (nnU-Net's full budget: 250)\n"
+        'recipe: str = "paper"  # paper (AdamW) or official (SGD)\n'
+        'device: str = "cpu"  # cpu or cuda\n'
+        "seed: int = 0  # split and training seed\n"
+        "mirroring: bool = True  # nnU-Net's test-time mirroring when predicting\n"
+        f'output_dir: str = "{output_dir}"  # results root, relative to the repository\n'
+        f'figure_dir: str = "{figure_dir}"  # tables and figures, relative to the repository\n'
+        f"convert_options: dict = {convert_options!r}  # converter options (max_cases, n_train, ...)\n"
+        f"{extra}"
+        "force: bool = False  # redo steps whose outputs exist")
+
+
+SETUP = (
+    "import logging\n"
+    "from xlstm_unet.experiment import run_experiment, validate_experiment_args\n"
+    "from xlstm_unet.paths import REPO_ROOT\n\n"
+    'logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")\n'
+    "validate_experiment_args(dataset, methods, source=data_dir or None, device=device,\n"
+    "                         configuration=configuration)\n"
+    "fig_dir = REPO_ROOT / figure_dir\n"
+    "fig_dir.mkdir(parents=True, exist_ok=True)")
+
+RUN = (
+    "res = run_experiment(dataset, methods, source=data_dir or None, convert_options=convert_options,\n"
+    "                     configuration=configuration, fold=fold, epochs=epochs, iterations=iterations_per_epoch,\n"
+    "                     recipe=recipe, device=device, seed=seed, output_dir=output_dir, force=force,\n"
+    "                     mirroring=mirroring)\n"
+    "res.results_dir")
+
+TABLE = (
+    "from xlstm_unet.figures import results_table, save_table\n\n"
+    'reference = "xlstm_enc" if "xlstm_enc" in methods else None\n'
+    "table = results_table(res.results_dir.parent, [res.dataset], methods, res.table_metrics(), paper={paper},\n"
+    "                      reference=reference)\n"
+    'save_table(table, fig_dir / "results")\n'
+    "table")
+
+FIG2 = (
+    "from xlstm_unet.figures import fig2_panel\n"
+    "from xlstm_unet.viewer import ViewerData\n\n"
+    "data = ViewerData.from_results(res.results_dir, res.raw_dir, methods=methods, max_cases=3)\n"
+    'panel = fig2_panel(data, fig_dir / "fig2_panel", methods=methods)\n'
+    "panel.figure")
+
+
+def experiment_notebook(title: str, description: str, params: str, paper: bool, synthetic: bool = False):
+    note = ("The default dataset is **SYNTHETIC** (generated offline): it exercises the pipeline and says nothing "
+            "about real performance." if synthetic else
+            "Budgets below 1000 x 250 are short runs: the trainer name and results folder say so "
+            "(e.g. `nnUNetTrainerXLSTMEnc_20ep_50it`).")
+    cells = [
+        new_markdown_cell(f"# {title}\n\n{description}\n\n{note}\n\n"
+                          "Steps: convert → nnU-Net plan & preprocess → train each method → predict the test split → "
+                          "evaluate → results table and Fig. 2 panel. Run headless with papermill or "
+                          "`xlstm-unet run-all`."),
+        new_code_cell(params, metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP),
+        new_markdown_cell("## Convert, plan, train, predict, evaluate\nnnU-Net prints one block per epoch."),
+        new_code_cell(RUN),
+        new_markdown_cell("## Results (mean ± std over test cases"
+                          + (", the paper's number beside each cell" if paper else "")
+                          + ", paired Wilcoxon p-value against xLSTM-UNet Enc)"),
+        new_code_cell(TABLE.replace("{paper}", str(paper))),
+        new_markdown_cell("## Fig. 2-style panel: image | ground truth | each method"),
+        new_code_cell(FIG2),
+    ]
+    return new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"}})
+
+
+def main() -> None:
+    nbs = {"00_quickstart": experiment_notebook(
+        "Quickstart: xLSTM-UNet vs nnU-Net, end to end",
+        "One small experiment on the built-in 2D phantom: xLSTM-UNet **Bot**, **Enc** and the **nnU-Net** default "
+        "network, a few short epochs each on the CPU. `make demo` runs it with papermill. Set `dataset` to "
+        "`kvasir_seg` or `ctc_nuclei` for the real sample sets.",
+        _params("phantom2d", "2d", "", ["nnunet", "xlstm_bot", "xlstm_enc"], 3, 12, {"n_train": 16, "n_test": 4},
+                "results/quickstart", "figures/quickstart"),
+        paper=False, synthetic=True)}
+    for name, dataset, conf, title, desc, data_dir, methods, epochs, its, opts in EXPERIMENTS:
+        nbs[name] = experiment_notebook(
+            title, desc, _params(dataset, conf, data_dir, methods, epochs, its, opts, f"results/{name[3:]}",
+                                 f"figures/{name[3:]}"), paper=name.startswith("2"))
+    for name, nb in nbs.items():
+        nbformat.write(nb, HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()
