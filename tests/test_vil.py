@@ -71,6 +71,17 @@ def test_chunkwise_float32_matches_parallel(S):
         assert err <= 1e-4 * scale, f"{name}: max abs error {err:.3e} > 1e-4 * max|ref| = {1e-4 * scale:.3e}"
 
 
+@pytest.mark.parametrize("backend", ["parallel", "chunkwise"])
+def test_backends_equal_the_official_parallel_form(backend):
+    """Both backends equal ``parallel_stabilized_simple`` (the form in Vision-LSTM and the official xLSTM-UNet code,
+    shipped by ``xlstm``), eps included."""
+    from xlstm.blocks.mlstm.backends import parallel_stabilized_simple
+
+    q, k, v, i, f = _qkvif(200, torch.float64, seed=5)
+    ref = parallel_stabilized_simple(q, k, v, i[..., None], f[..., None])  # gates as (B, NH, S, 1)
+    torch.testing.assert_close(mlstm(q, k, v, i, f, backend=backend), ref, rtol=0, atol=1e-10)
+
+
 def test_padding_leaves_real_tokens_unchanged():
     """The first 100 tokens of a 128-token sequence equal the 100-token sequence (padded to 128 internally)."""
     long = _qkvif(128, torch.float64, seed=3)

@@ -226,8 +226,8 @@ def mlstm(
     """The mLSTM sequence map with exponential input gate and sigmoid forget gate (stabilised, normalised).
 
     ``h_t = (sum_{j<=t} d_tj (q_t . k_j / sqrt(DH)) v_j) / (max(|sum_{j<=t} d_tj q_t . k_j / sqrt(DH)|, 1) + eps')``
-    with ``d_tj = exp(i_j + sum_{j<l<=t} logsigmoid(f_l))``, computed in the stabilised form of
-    ``parallel_stabilized_simple`` (Vision-LSTM) / ``mlstm_kernels``.
+    with ``d_tj = exp(i_j + sum_{j<l<=t} logsigmoid(f_l))`` and ``eps' = eps * exp(max_j log d_tj)``, computed in
+    the stabilised form of ``parallel_stabilized_simple`` (Vision-LSTM) / ``mlstm_kernels``.
 
     Args:
         q, k: queries and keys, ``(B, NH, S, DH)``.
