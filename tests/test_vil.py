@@ -296,7 +296,8 @@ def test_benchmark_quick_json_contract():
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)  # exactly one JSON object on stdout
     assert result["device"] == "cpu" and result["dim"] == 32 and result["batch"] == 1
-    assert [(r["backend"], r["S"]) for r in result["rows"]] == [("chunkwise", 128), ("chunkwise", 256), ("parallel", 128)]
+    expected_rows = [("chunkwise", 128), ("chunkwise", 256), ("parallel", 128)]
+    assert [(r["backend"], r["S"]) for r in result["rows"]] == expected_rows
     for row in result["rows"]:
         assert set(row) == {"backend", "S", "fwd_bwd_s", "peak_mb"}
         assert row["fwd_bwd_s"] > 0 and row["peak_mb"] > 50  # the child imported torch: tens of MiB at least
