@@ -504,3 +504,25 @@ def test_umamba_unet_rejects_bad_configs():
     net = UMambaUNet(**kw, n_conv_per_stage=1, mamba_kwargs={"d_state": 4, "backend": "mambapy"})
     with pytest.raises(ValueError, match="divisible"):
         net(torch.randn(1, 1, 10, 8))
+
+
+# ------------------------------------------------------------------------------------------------ nnU-Net's loop
+
+def test_monai_baseline_runs_nnunets_training_loop_and_predictor(phantom2d_prepared, nnunet_root, tmp_path):
+    """A MONAI baseline (deep supervision off) through nnU-Net's whole run: data loaders, on_train_start, one
+    epoch, validation, final validation, checkpoint, plans.json; then nnU-Net's predictor on the test images."""
+    from xlstm_unet.nnunet import predict, train
+
+    fold = train(phantom2d_prepared, "segresnet", epochs=1, iterations=1, device="cpu")
+    assert (fold / "checkpoint_final.pth").is_file()
+    run = json.loads((fold / "run_config.json").read_text())
+    assert run["trainer"] == "nnUNetTrainerSegResNet_1ep_1it"
+    assert run["network"]["class"] == "monai:segresnet" and run["network"]["deep_supervision"] is False
+    plans = json.loads((fold.parent / "plans.json").read_text())
+    assert plans["configurations"]["2d"]["patch_size"] == run["network"]["patch_size"]
+    assert all(p % 8 == 0 for p in run["network"]["patch_size"])
+    raw = nnunet_root / "nnUNet_raw" / phantom2d_prepared
+    out = predict(fold, raw / "imagesTs", tmp_path / "pred", device="cpu", mirroring=False)
+    ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
+    assert sorted(p.name for p in out.glob(f"*{ending}")) == sorted(p.name for p in (raw / "labelsTs").glob(
+        f"*{ending}"))
