@@ -362,6 +362,9 @@ def test_build_monai_network_checks_its_inputs():
     with pytest.raises(ValueError, match="must not set"):
         build_monai_network("segresnet", spatial_dims=2, in_channels=1, out_channels=2, patch_size=(32, 32),
                             overrides={"in_channels": 3})
+    with pytest.warns(UserWarning, match="single voxel"):
+        build_monai_network("swinunetr", spatial_dims=2, in_channels=1, out_channels=2, patch_size=(32, 32),
+                            overrides={"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)})
     with pytest.raises(ValueError, match="takes only kernel_size"):
         build_monai_network("mednext", spatial_dims=3, in_channels=1, out_channels=2, patch_size=(16,) * 3,
                             overrides={"init_filters": 8})

@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -195,6 +196,9 @@ def build_monai_network(network: MonaiNetwork | str, *, spatial_dims: int, in_ch
     if net in (MonaiNetwork.SWINUNETR, MonaiNetwork.SWINUNETR_V2):
         from monai.networks.nets import SwinUNETR
 
+        if all(p == divisor for p in patch):
+            warnings.warn(f"{net.value} at patch_size {list(patch)}: its bottleneck is a single voxel, where instance "
+                          f"norm cannot train; use at least one axis of {2 * divisor}", stacklevel=2)
         return SwinUNETR(**common, **kwargs)
     from monai.networks.nets.mednext import MedNeXt, create_mednext
 
