@@ -20,7 +20,8 @@ Behaviour added to nnU-Net's trainer (nothing of nnU-Net is patched):
 - a non-finite training loss stops the run at once with :class:`NonFiniteLossError`, naming the epoch and iteration;
 - ``XLSTM_UNET_STOP_AFTER_EPOCH=N`` (or ``train(..., stop_after_epoch=N)``) saves ``checkpoint_latest.pth`` after
   epoch N and exits cleanly, for time-sliced jobs; continue with ``--c`` / ``resume=True``;
-- short budgets save ``checkpoint_latest.pth`` every epoch and shorten the per-epoch validation.
+- short budgets save ``checkpoint_latest.pth`` every epoch and shorten the per-epoch validation;
+- deep supervision is turned off for 2-stage plans (tiny images), where nnU-Net's loss weights would be 0/0.
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
             self.num_val_iterations_per_epoch = max(1, math.ceil(self.num_iterations_per_epoch / 5))
         if self.budget_epochs is not None or self.budget_iterations is not None:
             self.save_every = 1
+        if self.enable_deep_supervision and len(self.configuration_manager.pool_op_kernel_sizes) < 3:
+            # nnU-Net zeroes the weight of the lowest deep-supervision output and normalises the rest; with a
+            # single output (a 2-stage network, planned for tiny images) that is 0/0 = NaN loss. Train without DS.
+            self.enable_deep_supervision = False
+            self.print_to_log_file("Deep supervision off: the plans give a 2-stage network (one output).")
         self.resolved_recipe: Recipe = resolve_recipe(
             self.recipe, protocol=self.dataset_protocol, variant=self.recipe_variant, lr=self.lr_override)
         self.initial_lr = self.resolved_recipe.lr
