@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lab clean
+.PHONY: install test demo lab bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,14 @@ test: install
 demo: install
 	@mkdir -p results/quickstart
 	$(PY) -m papermill --log-output notebooks/00_quickstart.ipynb results/quickstart/00_quickstart.ipynb
+
+# Efficiency benchmarks (JSON, read by notebooks/31_efficiency_report.ipynb); run alone on a quiet machine.
+bench: install
+	@mkdir -p benchmarks/results
+	$(PY) benchmarks/vil_scaling.py --json > benchmarks/results/.vil.json && \
+		mv benchmarks/results/.vil.json benchmarks/results/vil_scaling_cpu.json
+	$(PY) benchmarks/train_step.py --json > benchmarks/results/.step.json && \
+		mv benchmarks/results/.step.json benchmarks/results/train_step_cpu.json
 
 lab: install
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

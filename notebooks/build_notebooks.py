@@ -129,6 +129,73 @@ def experiment_notebook(title: str, description: str, params: str, paper: bool, 
         "language_info": {"name": "python"}})
 
 
+def _nb(cells):
+    return new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"}})
+
+
+def results_tables_notebook():
+    return _nb([
+        new_markdown_cell(
+            "# Results tables in the paper's format\n\n"
+            "Tables 1-3 of the paper (and ours on the real sample sets) from the experiment notebooks' results files: "
+            "mean ± std over test cases, the paper's reported number beside each measured cell, and the paired "
+            "Wilcoxon p-value against xLSTM-UNet Enc. A method or dataset without results shows **not run**, never a "
+            "number. Short-budget runs are recorded in each method's `run.json`."),
+        new_code_cell(
+            'results_root: str = "results"  # root holding <experiment>/<DatasetXXX_Name>/<method>/per_case.csv\n'
+            'tables: list = ["1", "2", "3", "real"]  # which tables (xlstm_unet.figures.PAPER_TABLES)\n'
+            'reference: str = "xlstm_enc"  # method the p-values compare against\n'
+            'figure_dir: str = "figures/tables"  # markdown and CSV copies, relative to the repository',
+            metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "from IPython.display import Markdown, display\n"
+            "from xlstm_unet.figures import PAPER_TABLES, paper_table, save_table\n"
+            "from xlstm_unet.paths import REPO_ROOT\n\n"
+            "out = REPO_ROOT / figure_dir\n"
+            "out.mkdir(parents=True, exist_ok=True)\n"
+            "for t in tables:\n"
+            "    table = paper_table(t, REPO_ROOT / results_root, reference=reference)\n"
+            '    save_table(table, out / f"table_{t}")\n'
+            '    display(Markdown(f"### {PAPER_TABLES[t][\'title\']}"), table)'),
+    ])
+
+
+def efficiency_notebook():
+    return _nb([
+        new_markdown_cell(
+            "# Efficiency report\n\n"
+            "What the paper leaves out: time and memory. From the benchmark JSON files "
+            "(`benchmarks/vil_scaling.py --json`, `benchmarks/train_step.py --json`): the ViL scaling curve "
+            "(chunkwise vs the official quadratic parallel mLSTM) and the per-model train-step time, peak memory "
+            "and parameters. Regenerate the JSON with `make bench`."),
+        new_code_cell(
+            'vil_json: str = "benchmarks/results/vil_scaling_cpu.json"  # vil_scaling.py --json output\n'
+            'step_json: str = "benchmarks/results/train_step_cpu.json"  # train_step.py --json output\n'
+            'figure_dir: str = "figures/efficiency"  # plots and tables, relative to the repository',
+            metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "from xlstm_unet.figures import (plot_train_step, plot_vil_scaling, save_table, train_step_table,\n"
+            "                                vil_scaling_table)\n"
+            "from xlstm_unet.paths import REPO_ROOT\n\n"
+            "out = REPO_ROOT / figure_dir\n"
+            "out.mkdir(parents=True, exist_ok=True)"),
+        new_markdown_cell("## ViL block: chunkwise (linear) vs parallel (quadratic) mLSTM"),
+        new_code_cell(
+            "vil = vil_scaling_table(REPO_ROOT / vil_json)\n"
+            'save_table(vil, out / "vil_scaling")\n'
+            'plot_vil_scaling(REPO_ROOT / vil_json, out / "vil_scaling")\n'
+            "vil"),
+        new_markdown_cell("## One training step per network (forward, backward, AdamW)"),
+        new_code_cell(
+            "step = train_step_table(REPO_ROOT / step_json)\n"
+            'save_table(step, out / "train_step")\n'
+            'plot_train_step(REPO_ROOT / step_json, out / "train_step")\n'
+            "step"),
+    ])
+
+
 def main() -> None:
     nbs = {"00_quickstart": experiment_notebook(
         "Quickstart: xLSTM-UNet vs nnU-Net, end to end",
@@ -142,6 +209,8 @@ def main() -> None:
         nbs[name] = experiment_notebook(
             title, desc, _params(dataset, conf, data_dir, methods, epochs, its, opts, f"results/{name[3:]}",
                                  f"figures/{name[3:]}"), paper=name.startswith("2"))
+    nbs["30_results_tables"] = results_tables_notebook()
+    nbs["31_efficiency_report"] = efficiency_notebook()
     for name, nb in nbs.items():
         nbformat.write(nb, HERE / f"{name}.ipynb")
 

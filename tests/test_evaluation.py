@@ -337,18 +337,18 @@ def test_brats_regions_and_empty_conventions(tmp_path):
         p, g = np.isin(p1, labs), np.isin(g1, labs)
         assert df.loc["b1", f"dice_{name}"] == pytest.approx(dice_np(p, g))
         assert df.loc["b1", f"hd95_{name}"] == pytest.approx(M.hd95(p, g, 1.0))
-    assert (df.loc["b2", "dice_ET"], df.loc["b2", "hd95_ET"]) == (0.0, 50.0)  # SegMamba: both empty -> 0 / 50
-    assert df.loc["b2", "dice_mean"] == pytest.approx((df.loc["b2", "dice_WT"] + 0 + 0) / 3)
+    assert (df.loc["b2", "dice_et"], df.loc["b2", "hd95_et"]) == (0.0, 50.0)  # SegMamba: both empty -> 0 / 50
+    assert df.loc["b2", "dice_mean"] == pytest.approx((df.loc["b2", "dice_wt"] + 0 + 0) / 3)
     assert js["conventions"]["brats_both_empty"] == "segmamba"
-    assert summary["metrics"]["hd95_ET"]["mean"] == pytest.approx((df.loc["b1", "hd95_ET"] + 50) / 2)
+    assert summary["metrics"]["hd95_et"]["mean"] == pytest.approx((df.loc["b1", "hd95_et"] + 50) / 2)
     df_p, js_p = E.score_folder(pred, gt, "brats", brats_both_empty="perfect", progress=False)
     row = df_p.set_index("case").loc["b2"]
-    assert (row["dice_ET"], row["hd95_ET"], row["dice_TC"]) == (1.0, 0.0, 1.0)
+    assert (row["dice_et"], row["hd95_et"], row["dice_tc"]) == (1.0, 0.0, 1.0)
     assert "Dice 1, HD95 0" in js_p["conventions"]["both_empty"]
     # one side empty: 0 / 50 whatever the both-empty choice
     write_nii(pred / "b1.nii.gz", np.where(p1 == 3, 1, p1).astype(np.uint8))
     df_1, _ = E.score_folder(pred, gt, "brats", brats_both_empty="perfect", progress=False)
-    assert tuple(df_1.set_index("case").loc["b1", ["dice_ET", "hd95_ET"]]) == (0.0, 50.0)
+    assert tuple(df_1.set_index("case").loc["b1", ["dice_et", "hd95_et"]]) == (0.0, 50.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -222,3 +222,27 @@ def test_benchmark_schema_errors(tmp_path: Path) -> None:
         load_benchmark(bad)
     with pytest.raises(ValueError, match="rows must be"):
         load_benchmark({"rows": [{"x": 1}]})
+
+
+def test_paper_table_reads_the_notebook_results_layout(tmp_path):
+    import numpy as np
+
+    from xlstm_unet.figures import NOT_RUN, paper_table
+
+    scores = {"xlstm_enc": [0.9, 0.8, 0.7], "nnunet": [0.6, 0.5, 0.65]}
+    for method, vals in scores.items():
+        d = tmp_path / "endoscopy" / "Dataset702_EndoVis17" / method
+        d.mkdir(parents=True)
+        d.joinpath("per_case.csv").write_text(
+            "case,dice_mean,nsd_mean\n" + "".join(f"c{i},{v},{v}\n" for i, v in enumerate(vals)))
+    t = paper_table("1", tmp_path)
+    ds = "Dataset702_EndoVis17"
+    want = f"{np.mean(scores['nnunet']):.4f} ± {np.std(scores['nnunet']):.4f}"
+    assert t.loc["nnunet", (ds, "dice_mean", "measured")] == want
+    assert t.loc["nnunet", (ds, "dice_mean", "paper")] == "0.6264 ± 0.3024"  # Table 1, endoscopy DSC
+    assert t.loc["umamba_bot", (ds, "dice_mean", "measured")] == NOT_RUN
+    # blocks without results: every measured cell "not run", never a number
+    assert (t["abdomen_mri_2d"].xs("measured", axis=1, level=1) == NOT_RUN).all().all()
+    assert t.loc["xlstm_enc", (ds, "dice_mean", "p vs xlstm_enc")] == "ref"
+    with pytest.raises(ValueError, match="unknown table"):
+        paper_table("9", tmp_path)

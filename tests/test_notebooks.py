@@ -119,3 +119,28 @@ def test_paper_notebooks_on_format_fixtures(name, dataset, nnunet_root, tmp_path
     _run(name, tmp_path, data_dir=str(src), convert_options=options, dataset=dataset, fold="all", **SMOKE,
          **smoke_dirs)
     _check_results(tmp_path)
+
+
+def test_results_tables_notebook_shows_not_run_without_results(tmp_path):
+    import pandas as pd
+
+    from xlstm_unet.figures import NOT_RUN
+
+    _run("30_results_tables.ipynb", tmp_path, results_root=str(tmp_path / "none"), figure_dir=str(tmp_path / "t"))
+    for t in ("1", "2", "3", "real"):
+        table = pd.read_csv(tmp_path / "t" / f"table_{t}.csv", index_col=0)
+        measured = table[[c for c in table.columns if c.endswith("measured")]]
+        assert (measured == NOT_RUN).all().all()
+    t1 = pd.read_csv(tmp_path / "t" / "table_1.csv", index_col=0)
+    assert t1.loc["xlstm_enc", "abdomen_mri_2d · dice_mean · paper"] == "0.7747 ± 0.0950"  # the paper's Table 1
+
+
+def test_efficiency_notebook_on_the_committed_benchmarks(tmp_path):
+    from xlstm_unet.paths import REPO_ROOT
+
+    for name in ("vil_scaling_cpu.json", "train_step_cpu.json"):
+        assert (REPO_ROOT / "benchmarks" / "results" / name).is_file(), f"run `make bench` ({name} missing)"
+    _run("31_efficiency_report.ipynb", tmp_path, figure_dir=str(tmp_path / "eff"))
+    for stem in ("vil_scaling", "train_step"):
+        assert (tmp_path / "eff" / f"{stem}.png").stat().st_size > 5000
+        assert (tmp_path / "eff" / f"{stem}.md").is_file()

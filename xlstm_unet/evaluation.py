@@ -347,13 +347,21 @@ def _score_endoscopy(pred: np.ndarray, gt: np.ndarray, sp: tuple[float, ...], s:
     return _add_means(row, ("dice", "nsd"))
 
 
+#: Region names as nnU-Net dataset.json files spell them -> the paper's column names (dice_wt, hd95_tc, ...).
+BRATS_REGION_COLUMNS: dict[str, str] = {
+    "wt": "wt", "whole_tumor": "wt", "whole tumor": "wt", "whole tumour": "wt",
+    "tc": "tc", "tumor_core": "tc", "tumor core": "tc", "tumour core": "tc",
+    "et": "et", "enhancing_tumor": "et", "enhancing tumor": "et", "enhancing tumour": "et",
+}
+
+
 def _score_brats(pred: np.ndarray, gt: np.ndarray, sp: tuple[float, ...], s: _Settings) -> dict[str, float]:
     both_dice, both_hd = (0.0, 50.0) if s.brats_both_empty == "segmamba" else (1.0, 0.0)
     regions = dict(s.units or ())
     pr, gr = M.brats_regions(pred, regions), M.brats_regions(gt, regions)
     row: dict[str, float] = {}
     for name in regions:
-        col = _column_name(name)
+        col = BRATS_REGION_COLUMNS.get(str(name).strip().lower(), _column_name(name))
         row[f"dice_{col}"] = M.dice(pr[name], gr[name], both_empty=both_dice)
         row[f"hd95_{col}"] = M.hd95(pr[name], gr[name], sp, both_empty=both_hd, one_empty=50.0)
     return _add_means(row, ("dice", "hd95"))

@@ -55,6 +55,8 @@ __all__ = [
     "results_table",
     "table_to_markdown",
     "save_table",
+    "PAPER_TABLES",
+    "paper_table",
     "Fig2Result",
     "fig2_panel",
     "load_benchmark",
@@ -423,6 +425,56 @@ def save_table(table: pd.DataFrame, path_stem: str | os.PathLike) -> dict[str, P
     _atomic_write_text(md, table_to_markdown(table))
     _atomic_write_text(csv, flat.to_csv())
     return {"md": md, "csv": csv}
+
+
+_METHODS_2D = ("nnunet", "resenc_m", "segresnet", "unetr", "swinunetr", "umamba_bot", "umamba_enc", "xlstm_bot",
+               "xlstm_enc")
+_METHODS_3D = ("segresnet", "unetr", "swinunetr", "swinunetr_v2", "mednext", "umamba_bot", "xlstm_bot", "xlstm_enc")
+_BRATS_METRICS = ("dice_wt", "hd95_wt", "dice_tc", "hd95_tc", "dice_et", "hd95_et", "dice_mean", "hd95_mean")
+
+#: The paper's tables (and ours on the real sample sets): per block, the results sub-folder that the experiment
+#: notebook writes (``results/<sub>/<DatasetXXX_Name>/<method>/...``), the paper's dataset key (None: not in the
+#: paper) and the metrics; plus the default methods (rows).
+PAPER_TABLES: dict[str, dict[str, Any]] = {
+    "1": {"title": "Table 1: 2D datasets", "methods": _METHODS_2D, "blocks": (
+        ("abdomen_mri_2d", "abdomen_mri_2d", ("dice_mean", "nsd_mean")),
+        ("endoscopy", "endoscopy", ("dice_mean", "nsd_mean")),
+        ("microscopy_cells", "microscopy_cells", ("f1",)))},
+    "2": {"title": "Table 2: BraTS 2023 (3D)", "methods": _METHODS_3D, "blocks": (
+        ("brats_3d", "brats2023", _BRATS_METRICS),)},
+    "3": {"title": "Table 3: Abdomen MRI (3D)", "methods": _METHODS_3D, "blocks": (
+        ("abdomen_mri_3d", "abdomen_mri_3d", ("dice_mean", "nsd_mean")),)},
+    "real": {"title": "The real sample sets (not in the paper)",
+             "methods": ("nnunet", "resenc_m", "xlstm_bot", "xlstm_enc"), "blocks": (
+        ("kvasir_seg", None, ("dice_mean", "nsd_mean")),
+        ("ctc_nuclei", None, ("f1",)),
+        ("pgbm_brain_mri", None, ("dice_mean", "nsd_mean")))},
+}
+
+
+def paper_table(table: str, results_root: str | os.PathLike = "results", methods: Sequence[str] | None = None,
+                reference: str | None = "xlstm_enc", digits: int = 4) -> pd.DataFrame:
+    """One of :data:`PAPER_TABLES` from the experiment notebooks' results, in the paper's format.
+
+    Each block reads ``<results_root>/<sub>/``; a block without results shows ``not run`` (never numbers), with the
+    sub-folder's name as its dataset label. Blocks are joined side by side (see :func:`results_table`).
+    """
+    if table not in PAPER_TABLES:
+        raise ValueError(f"unknown table {table!r}; expected one of {list(PAPER_TABLES)}")
+    spec = PAPER_TABLES[table]
+    methods = list(methods) if methods is not None else list(spec["methods"])
+    parts = []
+    for sub, paper_key, metrics in spec["blocks"]:
+        root = Path(results_root) / sub
+        found = sorted(p.name for p in root.glob("Dataset*") if p.is_dir()) if root.is_dir() else []
+        if len(found) > 1:
+            raise ValueError(f"{root}: expected one dataset folder, found {found}")
+        part = results_table(root if found else pd.DataFrame(columns=["dataset", "method", "case", "metric",
+                                                                      "value"]),
+                             {found[0] if found else sub: paper_key}, methods, metrics,
+                             paper=paper_key is not None, reference=reference, digits=digits)
+        parts.append(part)
+    return pd.concat(parts, axis=1)
 
 
 # --------------------------------------------------------------------------------------------------------------
