@@ -42,6 +42,7 @@ BASE_TRAINER_MODULES: tuple[str, ...] = (
 
 _BASES: dict[str, type] = {}
 _CACHE: dict[str, type] = {}
+_MODULES_LOADED = False
 _NAME_RE = re.compile(
     r"^(?P<base>nnUNetTrainer[A-Za-z0-9]*)"
     r"(?:_(?P<recipe>official|paper))?"
@@ -58,8 +59,9 @@ def register_trainer(cls: type) -> type:
 
 
 def base_trainers() -> dict[str, type]:
-    """All registered base trainers, by name."""
-    if not _BASES:
+    """All registered base trainers, by name (the modules of :data:`BASE_TRAINER_MODULES` are loaded once)."""
+    global _MODULES_LOADED
+    if not _MODULES_LOADED:
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
         for mod_name in BASE_TRAINER_MODULES:
@@ -73,6 +75,7 @@ def base_trainers() -> dict[str, type]:
                 obj = getattr(mod, name)
                 if isinstance(obj, type) and issubclass(obj, nnUNetTrainer) and name.startswith("nnUNetTrainer"):
                     _BASES.setdefault(name, obj)
+        _MODULES_LOADED = True
     return dict(_BASES)
 
 
