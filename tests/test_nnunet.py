@@ -181,7 +181,7 @@ def test_nnunet_cli_train_and_predict_on_real_kvasir(kvasir_dir, nnunet_root, tm
     from xlstm_unet.nnunet import prepare
 
     raw = convert("kvasir_seg", source=kvasir_dir, out_root=nnunet_root / "nnUNet_raw", dataset_id=911,
-                  max_cases=16, test_fraction=0.25)
+                  max_cases=10, test_fraction=0.25)
     prepare(911, num_processes=1)
     env = _cli_env(nnunet_root)
     tr = "nnUNetTrainerXLSTMBot_1ep_2it"
