@@ -37,11 +37,13 @@ import numpy as np
 import torch
 from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
-from dynamic_network_architectures.building_blocks.residual import BasicBlockD, StackedResidualBlocks
+from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from dynamic_network_architectures.building_blocks.unet_residual_decoder import UNetResDecoder
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
 from torch import nn
+
+from xlstm_unet.networks import ResidualMixerStage
 
 __all__ = [
     "MonaiNetwork",
@@ -393,25 +395,10 @@ def mamba_stage_indices(placement: MambaPlacement | str, n_stages: int) -> list[
     return [n_stages - 1] if preset is MambaPlacement.BOT else list(range(n_stages))
 
 
-class ResidualMambaStage(nn.Module):
-    """One encoder stage: residual conv blocks, then a :class:`MambaLayer`.
+class ResidualMambaStage(ResidualMixerStage):
+    """One encoder stage: residual conv blocks, then a :class:`MambaLayer` (``.mamba``)."""
 
-    ``(B, C_in, *spatial) -> blocks -> (B, C, *spatial / stride) -> mamba -> (B, C, *spatial / stride)``.
-    """
-
-    def __init__(self, blocks: StackedResidualBlocks, mamba: MambaLayer) -> None:
-        super().__init__()
-        self.blocks = blocks
-        self.mamba = mamba
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mamba(self.blocks(x))
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Voxels of the stored feature maps (nnU-Net's memory estimate); the Mamba layer counts its output only."""
-        output_size = [i // j for i, j in zip(input_size, self.blocks.initial_stride)]
-        return self.blocks.compute_conv_feature_map_size(input_size) + np.prod(
-            [self.blocks.output_channels, *output_size], dtype=np.int64)
+    mixer_name = "mamba"
 
 
 def _per_stage(name: str, value: Any, n: int) -> list[int]:

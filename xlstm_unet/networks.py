@@ -57,6 +57,7 @@ from xlstm_unet.vil import ViLStage
 __all__ = [
     "VilPlacement",
     "vil_stage_indices",
+    "ResidualMixerStage",
     "ResidualViLStage",
     "XLSTMEncoder",
     "XLSTMUNet",
@@ -143,34 +144,45 @@ def vil_stage_indices(placement: str | VilPlacement | Sequence[int], n_stages: i
     return sorted(indices)
 
 
-class ResidualViLStage(nn.Module):
-    """One encoder stage with ViL: residual conv blocks, then a :class:`~xlstm_unet.vil.ViLStage`.
+class ResidualMixerStage(nn.Module):
+    """One encoder stage with a token mixer: residual conv blocks, then a sequence model over the blocks' output.
 
-    ``(B, C_in, *spatial) -> blocks -> (B, C, *spatial / stride) -> vil -> (B, C, *spatial / stride)``.
+    ``(B, C_in, *spatial) -> blocks -> (B, C, *spatial / stride) -> mixer -> (B, C, *spatial / stride)``.
+
+    Subclasses name the mixer attribute (``mixer_name``), so state-dict keys say what it is: ``vil`` here,
+    ``mamba`` for U-Mamba (:mod:`xlstm_unet.baselines`).
 
     Args:
         blocks: the stage's residual blocks (the first one carries the stage stride).
-        vil: the ViL module over the blocks' output, with ``channels == blocks.output_channels``.
+        mixer: a shape-preserving module over the blocks' output, with ``channels == blocks.output_channels``.
     """
 
-    def __init__(self, blocks: StackedResidualBlocks, vil: ViLStage) -> None:
+    mixer_name: str = "mixer"
+
+    def __init__(self, blocks: StackedResidualBlocks, mixer: nn.Module) -> None:
         super().__init__()
         self.blocks = blocks
-        self.vil = vil
+        self.add_module(self.mixer_name, mixer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vil(self.blocks(x))
+        return getattr(self, self.mixer_name)(self.blocks(x))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         """Voxel count of the stored feature maps, for nnU-Net's VRAM estimate.
 
-        The ViL part is counted as its output map only, so this is a lower bound for the ViL's share (its
+        The mixer is counted as its output map only, so this is a lower bound for its share (a ViL's
         up-projection and mLSTM states are not counted).
         """
         output_size = [i // j for i, j in zip(input_size, self.blocks.initial_stride)]
         return self.blocks.compute_conv_feature_map_size(input_size) + np.prod(
             [self.blocks.output_channels, *output_size], dtype=np.int64
         )
+
+
+class ResidualViLStage(ResidualMixerStage):
+    """One encoder stage with ViL: residual conv blocks, then a :class:`~xlstm_unet.vil.ViLStage` (``.vil``)."""
+
+    mixer_name = "vil"
 
 
 class XLSTMEncoder(ResidualEncoder):
