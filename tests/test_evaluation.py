@@ -335,8 +335,8 @@ def test_brats_regions_and_empty_conventions(tmp_path):
     df = df.set_index("case")
     for name, labs in M.BRATS_REGIONS.items():
         p, g = np.isin(p1, labs), np.isin(g1, labs)
-        assert df.loc["b1", f"dice_{name}"] == pytest.approx(dice_np(p, g))
-        assert df.loc["b1", f"hd95_{name}"] == pytest.approx(M.hd95(p, g, 1.0))
+        assert df.loc["b1", f"dice_{name.lower()}"] == pytest.approx(dice_np(p, g))
+        assert df.loc["b1", f"hd95_{name.lower()}"] == pytest.approx(M.hd95(p, g, 1.0))
     assert (df.loc["b2", "dice_et"], df.loc["b2", "hd95_et"]) == (0.0, 50.0)  # SegMamba: both empty -> 0 / 50
     assert df.loc["b2", "dice_mean"] == pytest.approx((df.loc["b2", "dice_wt"] + 0 + 0) / 3)
     assert js["conventions"]["brats_both_empty"] == "segmamba"

@@ -246,3 +246,17 @@ def test_paper_table_reads_the_notebook_results_layout(tmp_path):
     assert t.loc["xlstm_enc", (ds, "dice_mean", "p vs xlstm_enc")] == "ref"
     with pytest.raises(ValueError, match="unknown table"):
         paper_table("9", tmp_path)
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    from xlstm_unet.figures import save_table
+
+    old = os.umask(0o022)
+    try:
+        paths = save_table(pd.DataFrame({"a": [1]}), tmp_path / "t")
+    finally:
+        os.umask(old)
+    for p in paths.values():
+        assert p.stat().st_mode & 0o777 == 0o644, oct(p.stat().st_mode)  # not mkstemp's 0600

@@ -38,13 +38,14 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from xlstm_unet._io import temp_file_beside
 
 __all__ = [
     "Experiment",
@@ -233,7 +234,7 @@ def run_experiment(cfg: BatchConfig, exp: Experiment, force: bool = False, progr
                          time.perf_counter() - t0)
     payload = {**_marker_payload(exp), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "seconds": round(time.perf_counter() - t0, 2)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{marker.name}.", dir=marker.parent)
+    fd, tmp = temp_file_beside(marker)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(payload, fh, indent=2)
     os.replace(tmp, marker)

@@ -37,7 +37,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -50,6 +49,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from xlstm_unet._io import temp_file_beside
 from xlstm_unet import metrics as M
 
 __all__ = [
@@ -588,7 +588,7 @@ def write_results(per_case: pd.DataFrame, summary: Mapping[str, Any], out_dir: s
             ("per_case.csv", lambda f: per_case.to_csv(f, index=False)),
             ("summary.json", lambda f: f.write(json.dumps(summary, indent=2, allow_nan=False) + "\n")),
         ):
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+            fd, tmp = temp_file_beside(out / name, suffix=".tmp")
             temps.append((Path(tmp), out / name))
             with os.fdopen(fd, "w", newline="") as f:
                 write(f)

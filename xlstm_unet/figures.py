@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from xlstm_unet._io import temp_file_beside
 from xlstm_unet import paper_results
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -191,7 +191,7 @@ def overlay_labels(
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -498,7 +498,7 @@ def _save_figure(fig: Figure, stem: Path, dpi: int) -> dict[str, Path]:
     out = {}
     for ext in ("png", "pdf"):
         final = stem.with_suffix(f".{ext}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".{ext}", dir=final.parent)
+        fd, tmp = temp_file_beside(final, suffix=f".{ext}")
         os.close(fd)
         try:
             fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
