@@ -347,6 +347,21 @@ def check_same_geometry(ref_path: Path, ref_img, path: Path, img, *, spacing_rto
                       f"the label's geometry is used for all channels", stacklevel=2)
 
 
+def check_modality_files(channels: Mapping[str, Path], seg: Path, owner: str) -> tuple[list[Path], Path]:
+    """Check a multi-modal NIfTI case: every modality file and the segmentation exist, and every modality has the
+    segmentation's geometry. ``owner`` names the case in messages (``"case BraTS-GLI-00000-000"``).
+
+    Returns ``(channel files in the given order, seg)``; raises :class:`DatasetFormatError` naming the file.
+    """
+    for name, path in [*channels.items(), ("seg", seg)]:
+        if not path.is_file():
+            raise DatasetFormatError(path, f"missing modality {name!r} of {owner}")
+    seg_img = load_nifti(seg)
+    for path in channels.values():
+        check_same_geometry(seg, seg_img, path, load_nifti(path))
+    return list(channels.values()), seg
+
+
 def load_nifti_case(channel_files: Sequence[Path], label_file: Path, *, copy: bool = True) -> CaseData:
     """Load a 3D case: channels and label must share shape and spacing (the label's affine is kept).
 

@@ -29,14 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from ._common import (
-    CaseData,
     CasePlan,
     DatasetFormatError,
     DatasetInfo,
     DatasetPlan,
     Protocol,
-    check_same_geometry,
-    load_nifti,
+    check_modality_files,
     load_nifti_case,
     require_dir,
 )
@@ -74,19 +72,8 @@ def brats_split(ids: list[str], seed: int, fractions: tuple[float, float, float]
 
 def _case_files(case_dir: Path) -> tuple[list[Path], Path]:
     cid = case_dir.name
-    chans = [case_dir / f"{cid}-{m}.nii.gz" for m in BRATS_MODALITIES]
-    seg = case_dir / f"{cid}-seg.nii.gz"
-    for p in [*chans, seg]:
-        if not p.is_file():
-            raise DatasetFormatError(p, f"missing modality {p.name[len(cid) + 1:-7]!r} of case {cid}")
-    seg_img = load_nifti(seg)
-    for p in chans:
-        check_same_geometry(seg, seg_img, p, load_nifti(p))
-    return chans, seg
-
-
-def _load(chans: list[Path], seg: Path) -> CaseData:
-    return load_nifti_case(chans, seg)
+    return check_modality_files({m: case_dir / f"{cid}-{m}.nii.gz" for m in BRATS_MODALITIES},
+                                case_dir / f"{cid}-seg.nii.gz", f"case {cid}")
 
 
 def build_brats23(source: Path, *, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
@@ -104,7 +91,7 @@ def build_brats23(source: Path, *, seed: int = 0, fractions: tuple[float, float,
     files = {d.name: _case_files(d) for d in dirs}
     train, val, test = brats_split(list(files), seed, tuple(fractions))  # type: ignore[arg-type]
     subset = {**{c: "train" for c in train + val}, **{c: "test" for c in test}}
-    cases = tuple(CasePlan(case_id=cid, subset=subset[cid], load=partial(_load, *files[cid]),  # type: ignore[arg-type]
+    cases = tuple(CasePlan(case_id=cid, subset=subset[cid], load=partial(load_nifti_case, *files[cid]),  # type: ignore[arg-type]
                            files=(*files[cid][0], files[cid][1])) for cid in sorted(files))
     return DatasetPlan(
         name="BraTS2023",

@@ -21,14 +21,12 @@ from functools import partial
 from pathlib import Path
 
 from ._common import (
-    CaseData,
     CasePlan,
     DatasetFormatError,
     DatasetInfo,
     DatasetPlan,
     Protocol,
-    check_same_geometry,
-    load_nifti,
+    check_modality_files,
     load_nifti_case,
     require_dir,
     seeded_group_split,
@@ -43,19 +41,8 @@ _SOURCE = "TCIA Brain-Tumor-Progression (Schmainda & Prah 2018), doi:10.7937/K9/
 
 
 def _study_files(study: Path) -> tuple[list[Path], Path]:
-    channels = [study / f"{m}.nii.gz" for m in PGBM_MODALITIES]
-    seg = study / "seg.nii.gz"
-    for p in [*channels, seg]:
-        if not p.is_file():
-            raise DatasetFormatError(p, f"missing modality {p.name[:-7]!r} of study {study.name}")
-    seg_img = load_nifti(seg)
-    for p in channels:
-        check_same_geometry(seg, seg_img, p, load_nifti(p))
-    return channels, seg
-
-
-def _load(channels: list[Path], seg: Path) -> CaseData:
-    return load_nifti_case(channels, seg)
+    return check_modality_files({m: study / f"{m}.nii.gz" for m in PGBM_MODALITIES}, study / "seg.nii.gz",
+                                f"study {study.name}")
 
 
 def build_pgbm_brain_mri(source: Path, *, seed: int = 0, n_test_patients: int = 1,
@@ -84,7 +71,7 @@ def build_pgbm_brain_mri(source: Path, *, seed: int = 0, n_test_patients: int = 
     train, test = seeded_group_split(groups, n_test_patients, seed)
     subset = {**{c: "train" for c in train}, **{c: "test" for c in test}}
     cases = tuple(
-        CasePlan(case_id=cid, subset=subset[cid], load=partial(_load, *files[cid]),  # type: ignore[arg-type]
+        CasePlan(case_id=cid, subset=subset[cid], load=partial(load_nifti_case, *files[cid]),  # type: ignore[arg-type]
                  files=(*files[cid][0], files[cid][1]), group=cid.split("_")[0])
         for cid in sorted(files))
     return DatasetPlan(
