@@ -129,3 +129,15 @@ def test_example_configs_load(name: str) -> None:
     for exp in cfg.experiments:
         assert exp.notebook.parent == REPO_ROOT / "notebooks" and exp.notebook.suffix == ".ipynb"
         assert {"methods", "epochs", "device", "output_dir"} <= set(exp.parameters)
+
+
+@pytest.mark.parametrize("name", ["cpu_real.yaml", "gpu_paper.yaml"])
+def test_example_configs_use_the_notebooks_parameter_names(name: str) -> None:
+    import papermill as pm
+
+    from xlstm_unet.paths import REPO_ROOT
+
+    cfg = load_config(REPO_ROOT / "experiments" / name)
+    for exp in cfg.experiments:
+        known = set(pm.inspect_notebook(str(exp.notebook)))
+        assert set(exp.parameters) <= known, f"{exp.name}: unknown {set(exp.parameters) - known}"
