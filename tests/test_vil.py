@@ -71,6 +71,61 @@ def test_chunkwise_float32_matches_parallel(S):
         assert err <= 1e-4 * scale, f"{name}: max abs error {err:.3e} > 1e-4 * max|ref| = {1e-4 * scale:.3e}"
 
 
+@pytest.mark.parametrize("DH", [8, 16, 32, 64])
+@pytest.mark.parametrize("S", [300, 1000])
+def test_chunkwise_default_chunking_equals_parallel(S, DH):
+    """The default chunking (chunk length by head dim; the segmented state scan for DH * DHV <= 1024, e.g. 4 segments
+    of 16 chunks at S=1000, DH=8..16; the loop over chunks at DH=64) equals the parallel form in float64."""
+    inputs = _qkvif(S, torch.float64, seed=7, DH=DH)
+    ref = _value_and_grads(inputs, "parallel")
+    out = _value_and_grads(inputs, "chunkwise")
+    for name, a, b in zip(["h", "dq", "dk", "dv", "di", "df"], out, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-8, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _chunked_inputs(S: int, L: int, DH: int, seed: int):
+    """Chunked q, k, v (B, NH, NC, L, DH) and vecI, vecB, vecA, g, amax as ``_chunkwise_native`` builds them."""
+    import torch.nn.functional as F
+
+    q, k, v, i, f = _qkvif(S, torch.float64, seed=seed, B=2, NH=3, DH=DH)
+    B, NH, NC = 2, 3, S // L
+    vecI = i.view(B, NH, NC, L)
+    vecB = F.logsigmoid(f).view(B, NH, NC, L).cumsum(-1)
+    vecA = vecB[..., -1:] - vecB + vecI
+    chunked = [t.view(B, NH, NC, L, DH) for t in (q, k, v)]
+    return (q, k, v), chunked, vecI, vecB, vecA, vecB[..., -1], vecA.amax(-1)
+
+
+@pytest.mark.parametrize("segment", [1, 2, 4, 8])
+def test_segmented_chunk_states_equal_the_loop(segment):
+    """The segmented state scan gives the loop's states (C, n and the stabiliser m), for 1 to 8 segments."""
+    from xlstm_unet.vil import _chunk_states_loop, _chunk_states_segmented
+
+    _, (_, k, v), _, _, vecA, g, amax = _chunked_inputs(S=256, L=8, DH=4, seed=8)
+    ref = _chunk_states_loop(k, v, vecA, g, amax)
+    out = _chunk_states_segmented(k, v, vecA, g, amax, segment)
+    for name, a, b in zip(["C", "n", "m"], out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_chunk_outputs_equal_mlstm_kernels_fw_h():
+    """Our within-chunk outputs equal ``mlstm_kernels``' ``mlstm_chunkwise__parallel_fw_H`` on the same states."""
+    from mlstm_kernels.torch.chunkwise.native.fw import mlstm_chunkwise__parallel_fw_H
+
+    from xlstm_unet.vil import _chunk_outputs, _chunk_states_loop
+
+    S, L, DH = 128, 16, 8
+    (q, k, v), (qc, kc, vc), vecI, vecB, vecA, g, amax = _chunked_inputs(S=S, L=L, DH=DH, seed=9)
+    C, n, m = _chunk_states_loop(kc, vc, vecA, g, amax)
+    B, NH, NC = C.shape[:3]
+    ref, _, _ = mlstm_chunkwise__parallel_fw_H(
+        matQ=q, matK=k, matV=v, matC_states=C.reshape(B, NH, NC * DH, DH), vecN_states=n.reshape(B, NH, NC * DH),
+        scaMinter_states=m, vecI=vecI, vecB=vecB, qk_scale=DH**-0.5, chunk_size=L, num_chunks=NC, eps=1e-6,
+    )
+    out = _chunk_outputs(qc, kc, vc, C, n, m, vecI, vecB, eps=1e-6).reshape(B, NH, S, DH)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("backend", ["parallel", "chunkwise"])
 def test_backends_equal_the_official_parallel_form(backend):
     """Both backends equal ``parallel_stabilized_simple`` (the form in Vision-LSTM and the official xLSTM-UNet code,

@@ -5,9 +5,10 @@ al., arXiv 2407.01530; tianrun-chen/xLSTM-UNet-PyTorch). The building blocks (he
 LayerNorm without bias, multi-head LayerNorm, initialisers) come from the ``xlstm`` package; the mLSTM cell is ours
 because ``xlstm``'s own cell hardwires the quadratic parallel form. The mLSTM backends (:class:`MLSTMBackend`):
 
-- ``chunkwise`` (CPU and GPU, pure PyTorch, time and memory linear in S): the chunk states by a loop over chunks
-  (written here), the outputs within each chunk by ``mlstm_kernels``' ``mlstm_chunkwise__parallel_fw_H``;
-  differentiated by autograd;
+- ``chunkwise`` (CPU and GPU, pure PyTorch, time and memory linear in S), written here and differentiated by
+  autograd: the chunk states by a loop over chunks (large heads) or 16 chunks at a time (small heads), the outputs
+  within each chunk by the formula of ``mlstm_kernels``' ``mlstm_chunkwise__parallel_fw_H`` with fewer L x L
+  intermediates; the chunk length follows the head dim (16 to 64);
 - ``triton`` (CUDA): ``mlstm_kernels``' ``chunkwise--triton_xl_chunk``;
 - ``parallel``: ``mlstm_kernels``' ``parallel--native_autograd``, the quadratic "parallel stabilized" form of the
   official code, kept as the reference (O(S^2) time and memory).
@@ -141,36 +142,43 @@ def _triton_available() -> bool:
     return True
 
 
-def _chunkwise_native(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, *, chunk_size: int, eps: float
-) -> torch.Tensor:
-    """Chunkwise mLSTM in PyTorch; S must be a multiple of ``chunk_size``. Shapes as :func:`mlstm`.
+def _auto_chunk_size(head_dim: int) -> int:
+    """Default chunk length for the ``chunkwise`` backend: about the head dim, within [16, 64].
 
-    Chunk states (the notation of ``mlstm_kernels.torch.chunkwise.native.fw``), for chunk c with cumulative log
-    forget gates ``b`` (``b_l = sum_{l'<=l} logsigmoid(f_l')``) and ``a_l = b_L - b_l + i_l``, ``g = b_L``:
+    Per token and head the within-chunk part costs O(L) (the L x L decay and score matrices) and the chunk states
+    O(DH * DHV / L); L ~ DH balances the two. Measured on CPU (fwd + bwd, B=2, NH=4): at DH=16, S=65536, L=16 takes
+    half the time and 45% of the memory of L=64.
+    """
+    return 16 if head_dim <= 16 else 32 if head_dim <= 32 else 64
+
+
+def _auto_segment(head_dim: int, value_dim: int) -> int:
+    """Chunks per segment of the segmented chunk-state scan (1 = a plain loop over chunks).
+
+    Small heads have many small chunks (S / 16 in the full-resolution stages), for which a Python loop over chunks
+    would dominate; their states are cheap, so they are computed 16 chunks at a time. Large heads (DH * DHV > 1024)
+    have few chunks with large states, which the loop keeps in cache (measured 2x faster at DH=128).
+    """
+    return 16 if head_dim * value_dim <= 1024 else 1
+
+
+def _chunk_states_loop(
+    k: torch.Tensor, v: torch.Tensor, vecA: torch.Tensor, g: torch.Tensor, amax: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The states entering each chunk, by a loop over chunks. Shapes as :func:`_chunk_states_segmented`.
+
     ``m_c = max(g + m_{c-1}, max_l a_l)``, ``C_c = exp(g + m_{c-1} - m_c) C_{c-1} + K^T diag(exp(a - m_c)) V``,
     ``n_c = exp(g + m_{c-1} - m_c) n_{c-1} + K^T exp(a - m_c)``. Chunk tensors are taken with ``unbind`` (whose
     backward is one stack), not by indexing (whose backward would materialise a full-size gradient per chunk).
     """
-    from mlstm_kernels.torch.chunkwise.native.fw import mlstm_chunkwise__parallel_fw_H
-
-    B, NH, S, DH = q.shape
+    B, NH, NC, L, DH = k.shape
     DHV = v.shape[-1]
-    L = chunk_size
-    NC = S // L
-    vecI = i.view(B, NH, NC, L)  # (B, NH, NC, L)
-    vecB = F.logsigmoid(f).view(B, NH, NC, L).cumsum(-1)  # (B, NH, NC, L)
-    vecA = vecB[..., -1:] - vecB + vecI  # (B, NH, NC, L)
-    g_chunks = vecB[..., -1].unbind(2)  # NC x (B, NH)
-    amax_chunks = vecA.amax(-1).unbind(2)  # NC x (B, NH)
-    a_chunks = vecA.unbind(2)  # NC x (B, NH, L)
-    k_chunks = k.view(B, NH, NC, L, DH).unbind(2)  # NC x (B, NH, L, DH)
-    v_chunks = v.view(B, NH, NC, L, DHV).unbind(2)  # NC x (B, NH, L, DHV)
-
-    C = q.new_zeros(B, NH, DH, DHV)  # (B, NH, DH, DHV)
-    n = q.new_zeros(B, NH, DH)  # (B, NH, DH)
-    m = q.new_full((B, NH), _M_INITIAL)  # (B, NH)
-    C_states, n_states, m_states = [C], [n], [m]  # the states entering each chunk
+    g_chunks, amax_chunks, a_chunks = g.unbind(2), amax.unbind(2), vecA.unbind(2)  # NC x (B, NH[, L])
+    k_chunks, v_chunks = k.unbind(2), v.unbind(2)  # NC x (B, NH, L, DH[V])
+    C = k.new_zeros(B, NH, DH, DHV)  # (B, NH, DH, DHV)
+    n = k.new_zeros(B, NH, DH)  # (B, NH, DH)
+    m = k.new_full((B, NH), _M_INITIAL)  # (B, NH)
+    C_states, n_states, m_states = [C], [n], [m]
     for c in range(NC - 1):
         m_next = torch.maximum(g_chunks[c] + m, amax_chunks[c])  # (B, NH)
         k_gated = k_chunks[c] * torch.exp(a_chunks[c] - m_next[..., None])[..., None]  # (B, NH, L, DH)
@@ -181,21 +189,133 @@ def _chunkwise_native(
         C_states.append(C)
         n_states.append(n)
         m_states.append(m)
-    h, _, _ = mlstm_chunkwise__parallel_fw_H(
-        matQ=q,
-        matK=k,
-        matV=v,
-        matC_states=torch.stack(C_states, 2).reshape(B, NH, NC * DH, DHV),  # (B, NH, NC * DH, DHV)
-        vecN_states=torch.stack(n_states, 2).reshape(B, NH, NC * DH),  # (B, NH, NC * DH)
-        scaMinter_states=torch.stack(m_states, 2),  # (B, NH, NC)
-        vecI=vecI,
-        vecB=vecB,
-        qk_scale=DH**-0.5,
-        chunk_size=L,
-        num_chunks=NC,
-        eps=eps,
-    )
-    return h  # (B, NH, S, DHV)
+    return torch.stack(C_states, 2), torch.stack(n_states, 2), torch.stack(m_states, 2)
+
+
+def _chunk_states_segmented(
+    k: torch.Tensor, v: torch.Tensor, vecA: torch.Tensor, g: torch.Tensor, amax: torch.Tensor, segment: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The states entering each chunk, ``segment`` (T) chunks at a time; NC must be a multiple of T.
+
+    Args:
+        k: ``(B, NH, NC, L, DH)``; v: ``(B, NH, NC, L, DHV)``.
+        vecA: ``a_l = b_L - b_l + i_l`` per chunk, ``(B, NH, NC, L)``; g: ``b_L``, ``(B, NH, NC)``;
+        amax: ``max_l a_l``, ``(B, NH, NC)``.
+
+    Returns:
+        ``C`` ``(B, NH, NC, DH, DHV)``, ``n`` ``(B, NH, NC, DH)``, ``m`` ``(B, NH, NC)``: the (stabilised) state
+        entering each chunk; the same values as :func:`_chunk_states_loop`.
+
+    Each chunk's contribution ``U_c = K_c^T diag(exp(a_c - amax_c)) [V_c, 1]`` is one batched matmul. Within a
+    segment, with ``G`` the inclusive and ``E = G - g`` the exclusive cumulative sum of ``g``, the state entering
+    chunk t is ``sum_{t'<t} exp(E_t - G_t' + amax_t' - m_t) U_t' + exp(E_t + m_in - m_t) C_in`` with
+    ``m_t = E_t + max(m_in, max_{t'<t} (amax_t' - G_t'))``: one (T x T+1) matmul per segment. Only the states entering
+    the segments (``C_in``, ``m_in``) come from a loop, over NC / T segments. All exponents are <= 0.
+    """
+    B, NH, NC, L, DH = k.shape
+    DHV = v.shape[-1]
+    T = segment
+    NS = NC // T
+    X = DH * (DHV + 1)
+    k_gated = k * torch.exp(vecA - amax[..., None])[..., None]  # (B, NH, NC, L, DH)
+    # [C | n] contributions of each chunk: (B, NH, NC, DH, DHV + 1) -> (B, NH, NS, T, X)
+    U = torch.cat([k_gated.transpose(-2, -1) @ v, k_gated.sum(-2)[..., None]], -1).view(B, NH, NS, T, X)
+    g, amax = g.view(B, NH, NS, T), amax.view(B, NH, NS, T)
+    G = g.cumsum(-1)  # (B, NH, NS, T), inclusive
+    E = G - g  # exclusive
+    ag = amax - G  # (B, NH, NS, T)
+    # each segment on its own: the state after its last chunk, stabilised by m_seg
+    G_tot = G[..., -1]  # (B, NH, NS)
+    m_seg = G_tot + ag.amax(-1)  # (B, NH, NS)
+    w_seg = torch.exp(G_tot[..., None] + ag - m_seg[..., None])  # (B, NH, NS, T)
+    U_seg = (w_seg[..., None, :] @ U).squeeze(-2)  # (B, NH, NS, X)
+    # the states entering each segment
+    C_in, m_in = k.new_zeros(B, NH, X), k.new_full((B, NH), _M_INITIAL)
+    C_ins, m_ins = [C_in], [m_in]
+    for U_s, m_s, G_s in zip(*(t.unbind(2)[:-1] for t in (U_seg, m_seg, G_tot))):
+        m_next = torch.maximum(G_s + m_in, m_s)  # (B, NH)
+        C_in = torch.exp(G_s + m_in - m_next)[..., None] * C_in + torch.exp(m_s - m_next)[..., None] * U_s
+        m_in = m_next
+        C_ins.append(C_in)
+        m_ins.append(m_in)
+    C_in, m_in = torch.stack(C_ins, 2), torch.stack(m_ins, 2)  # (B, NH, NS, X), (B, NH, NS)
+    # the states entering each chunk
+    prev_max = torch.cummax(ag, -1).values  # (B, NH, NS, T): max_{t'<=t}
+    prev_max = F.pad(prev_max[..., :-1], (1, 0), value=-math.inf)  # max_{t'<t}
+    m = E + torch.maximum(m_in[..., None], prev_max)  # (B, NH, NS, T)
+    strict = torch.ones(T, T, dtype=torch.bool, device=k.device).tril(-1)  # t' < t
+    W = torch.exp(((E - m)[..., :, None] + ag[..., None, :]).masked_fill(~strict, -math.inf))  # (B, NH, NS, T, T)
+    w_in = torch.exp(E + m_in[..., None] - m)  # (B, NH, NS, T)
+    W = torch.cat([w_in[..., None], W], -1)  # (B, NH, NS, T, 1 + T)
+    states = (W @ torch.cat([C_in[..., None, :], U], -2)).view(B, NH, NC, DH, DHV + 1)  # (B, NH, NC, DH, DHV+1)
+    return states[..., :DHV], states[..., DHV], m.reshape(B, NH, NC)
+
+
+def _chunk_outputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    C: torch.Tensor,
+    n: torch.Tensor,
+    m: torch.Tensor,
+    vecI: torch.Tensor,
+    vecB: torch.Tensor,
+    *,
+    eps: float,
+) -> torch.Tensor:
+    """The outputs within each chunk from the states entering it: ``(B, NH, NC, L, DHV)``.
+
+    The formula of ``mlstm_kernels``' ``mlstm_chunkwise__parallel_fw_H`` (tested against it), written with fewer
+    (B, NH, NC, L, L) intermediates (3 instead of 7), which dominate the memory of small-head stages.
+    q, k: ``(B, NH, NC, L, DH)``; v: ``(B, NH, NC, L, DHV)``; C, n, m: as returned by the state functions;
+    vecI, vecB: input gates and inclusive cumulative log forget gates per chunk, ``(B, NH, NC, L)``.
+    """
+    L, DH = q.shape[-2:]
+    scale = DH**-0.5
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    log_d = (vecB[..., :, None] + (vecI - vecB)[..., None, :]).masked_fill(~causal, -math.inf)  # (B, NH, NC, L, L)
+    m_inter = vecB + m[..., None]  # (B, NH, NC, L)
+    m_comb = torch.maximum(m_inter, log_d.amax(-1))  # (B, NH, NC, L)
+    scores = (q @ k.transpose(-2, -1)) * torch.exp(log_d - m_comb[..., None])  # (B, NH, NC, L, L), unscaled
+    q_gated = q * (torch.exp(m_inter - m_comb) * scale)[..., None]  # (B, NH, NC, L, DH)
+    num = q_gated @ C + (scores @ v) * scale  # (B, NH, NC, L, DHV)
+    den = (q_gated @ n[..., None]).squeeze(-1) + scores.sum(-1) * scale  # (B, NH, NC, L)
+    den = torch.maximum(den.abs(), torch.exp(-m_comb))
+    return num / (den + eps)[..., None]
+
+
+def _chunkwise_native(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    i: torch.Tensor,
+    f: torch.Tensor,
+    *,
+    chunk_size: int,
+    segment: int,
+    eps: float,
+) -> torch.Tensor:
+    """Chunkwise mLSTM in PyTorch; S must be a multiple of ``chunk_size * segment``. Shapes as :func:`mlstm`.
+
+    Notation of ``mlstm_kernels.torch.chunkwise.native``: per chunk, ``b_l = sum_{l'<=l} logsigmoid(f_l')``
+    (``vecB``), ``a_l = b_L - b_l + i_l`` (``vecA``), ``g = b_L``. ``segment == 1``: chunk states by
+    :func:`_chunk_states_loop`, else by :func:`_chunk_states_segmented`; then :func:`_chunk_outputs`.
+    """
+    B, NH, S, DH = q.shape
+    DHV = v.shape[-1]
+    L = chunk_size
+    NC = S // L
+    vecI = i.view(B, NH, NC, L)  # (B, NH, NC, L)
+    vecB = F.logsigmoid(f).view(B, NH, NC, L).cumsum(-1)  # (B, NH, NC, L)
+    vecA = vecB[..., -1:] - vecB + vecI  # (B, NH, NC, L)
+    g, amax = vecB[..., -1], vecA.amax(-1)  # (B, NH, NC)
+    q, k, v = q.view(B, NH, NC, L, DH), k.view(B, NH, NC, L, DH), v.view(B, NH, NC, L, DHV)
+    if segment == 1:
+        C, n, m = _chunk_states_loop(k, v, vecA, g, amax)
+    else:
+        C, n, m = _chunk_states_segmented(k, v, vecA, g, amax, segment)
+    h = _chunk_outputs(q, k, v, C, n, m, vecI, vecB, eps=eps)  # (B, NH, NC, L, DHV)
+    return h.reshape(B, NH, S, DHV)
 
 
 def _resolve_backend(backend: str | MLSTMBackend, device: torch.device, dtype: torch.dtype) -> MLSTMBackend:
@@ -220,7 +340,7 @@ def mlstm(
     f: torch.Tensor,
     *,
     backend: str | MLSTMBackend = "auto",
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """The mLSTM sequence map with exponential input gate and sigmoid forget gate (stabilised, normalised).
@@ -234,8 +354,10 @@ def mlstm(
         v: values, ``(B, NH, S, DHV)``.
         i, f: input- and forget-gate pre-activations, ``(B, NH, S)``.
         backend: see :class:`MLSTMBackend`; ``auto`` (default) is triton chunkwise on CUDA, native chunkwise else.
-        chunk_size: chunk length of the chunkwise kernels (ignored by ``parallel``). S is zero-padded at the end to
-            a multiple of it; the real tokens' outputs are unchanged because the recurrence is causal.
+        chunk_size: chunk length of the chunkwise kernels (ignored by ``parallel``); ``None`` (default): 16, 32 or
+            64 by head dim for ``chunkwise`` (about DH, see ``_auto_chunk_size``), 64 for ``triton``. S is
+            zero-padded at the end to a multiple of it (for ``chunkwise`` with small heads, of 16 chunks); the real
+            tokens' outputs are unchanged because the recurrence is causal.
         eps: the kernels' ``eps`` in the normaliser.
 
     Returns:
@@ -255,8 +377,8 @@ def mlstm(
     for name, gate in (("i", i), ("f", f)):
         if gate.shape != (B, NH, S):
             raise ValueError(f"{name} must be (B, NH, S) = ({B}, {NH}, {S}), got {tuple(gate.shape)}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     choice = _resolve_backend(backend, q.device, dtype)
@@ -271,13 +393,22 @@ def mlstm(
                 )
             return _kernel(choice)(q=q, k=k, v=v, i=i, f=f, eps=eps)
 
-        pad = (-S) % chunk_size
+        if choice is MLSTMBackend.CHUNKWISE:
+            chunk_size = chunk_size or _auto_chunk_size(DH)
+            # as many segments as needed, each as full as possible, so that padding stays below one segment
+            num_chunks = -(-S // chunk_size)
+            num_segments = -(-num_chunks // _auto_segment(DH, v.shape[-1]))
+            segment = -(-num_chunks // num_segments)
+        else:
+            chunk_size, segment = chunk_size or 64, 1
+        pad = (-S) % (chunk_size * segment)
         if pad:
             # zero-pad the END of the sequence dim: (B, NH, S + pad, DH) / (B, NH, S + pad)
             q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
             i, f = (F.pad(t, (0, pad)) for t in (i, f))
         if choice is MLSTMBackend.CHUNKWISE:
-            h = _chunkwise_native(q, k, v, i, f, chunk_size=chunk_size, eps=eps)  # (B, NH, S + pad, DHV)
+            # (B, NH, S + pad, DHV)
+            h = _chunkwise_native(q, k, v, i, f, chunk_size=chunk_size, segment=segment, eps=eps)
         else:
             h = _kernel(choice)(
                 q=q,
@@ -316,7 +447,7 @@ class MLSTMCell(nn.Module):
         num_heads: int,
         *,
         backend: str | MLSTMBackend = MLSTMBackend.AUTO,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -394,7 +525,7 @@ class ViLLayer(nn.Module):
         conv_kind: str | ConvKind = ConvKind.CAUSAL1D,
         spatial_dims: int | None = None,
         backend: str | MLSTMBackend = MLSTMBackend.AUTO,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         if dim < 1 or expansion < 1:
@@ -548,7 +679,7 @@ class ViLStage(nn.Module):
         backend: mLSTM backend (default ``auto``: triton on CUDA, native chunkwise on CPU), see :class:`MLSTMBackend`.
         num_heads: mLSTM heads (default 4).
         expansion: inner-dim factor (default 2).
-        chunk_size: chunkwise kernel chunk length (default 64).
+        chunk_size: chunkwise kernel chunk length (default ``None``: by head dim, see :func:`mlstm`).
         channel_tokens: ``True``/``False`` to force a token mode; ``None`` (default) = auto, see above.
         spatial_dims: number of spatial dims, needed for ``conv_kind="grid"`` when ``feature_size`` is ``None``.
 
@@ -577,7 +708,7 @@ class ViLStage(nn.Module):
         backend: str | MLSTMBackend = MLSTMBackend.AUTO,
         num_heads: int = 4,
         expansion: int = 2,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         channel_tokens: bool | None = None,
         spatial_dims: int | None = None,
     ) -> None:
