@@ -282,6 +282,44 @@ def test_channel_token_mode():
     assert ViLStage(16, feature_size=(4, 5), channel_tokens=True).blocks[0].dim == 20
 
 
+def _saved_numel(fn) -> int:
+    """Elements that autograd saves for backward while ``fn()`` runs (packed by an outer saved-tensors hook)."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total
+
+
+@pytest.mark.parametrize("feature_size", [(12, 10), (2, 2, 3)])  # patch tokens, channel tokens
+def test_checkpointed_stage_equals_plain_and_saves_less(feature_size):
+    """``checkpoint=True`` gives the same output and gradients (input and every parameter) and keeps far fewer
+    saved activations (the blocks are recomputed in backward)."""
+    torch.manual_seed(0)
+    plain = ViLStage(16, feature_size=feature_size, directions="bidirectional").double()
+    ckpt = ViLStage(16, feature_size=feature_size, directions="bidirectional", checkpoint=True).double()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 16, *feature_size, dtype=torch.float64)
+    grads = []
+    for stage in (plain, ckpt):
+        xi = x.clone().requires_grad_(True)
+        y, saved = _saved_numel(lambda s=stage, xi=xi: s(xi))
+        y.square().sum().backward()
+        grads.append((y.detach(), saved, xi.grad, [p.grad for p in stage.parameters()]))
+    (y0, saved0, gx0, gp0), (y1, saved1, gx1, gp1) = grads
+    torch.testing.assert_close(y1, y0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gx1, gx0, rtol=0, atol=1e-10)
+    for a, b in zip(gp1, gp0):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    assert saved1 * 10 < saved0, (saved1, saved0)
+    assert "checkpoint=True" in repr(ckpt)
+
+
 def test_bf16_autocast_on_cpu_is_finite():
     torch.manual_seed(0)
     stage = ViLStage(16, directions="bidirectional")

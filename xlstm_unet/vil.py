@@ -48,6 +48,7 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from xlstm.components.conv import CausalConv1d, CausalConv1dConfig
 from xlstm.components.init import bias_linspace_init_, small_init_init_, wang_init_
@@ -475,9 +476,12 @@ class MLSTMCell(nn.Module):
         dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         with torch.autocast(device_type=q.device.type, enabled=False):
             q, k, v = (t.to(dtype) for t in (q, k, v))
-            gate_in = torch.cat([q, k, v], dim=-1)  # (B, S, 3 * DI)
-            i = self.igate(gate_in.to(self.igate.weight.dtype)).to(dtype).transpose(1, 2)  # (B, NH, S)
-            f = self.fgate(gate_in.to(self.fgate.weight.dtype)).to(dtype).transpose(1, 2)  # (B, NH, S)
+            # igate/fgate(concat(q, k, v)) as one (2 NH, 3 DI) weight split by input block: no (B, S, 3 DI) concat
+            weight = torch.cat([self.igate.weight, self.fgate.weight]).to(dtype)  # (2 NH, 3 DI)
+            bias = torch.cat([self.igate.bias, self.fgate.bias]).to(dtype)  # (2 NH,)
+            w_q, w_k, w_v = weight.split(self.dim, dim=1)  # 3 x (2 NH, DI)
+            gates = F.linear(q, w_q) + F.linear(k, w_k) + F.linear(v, w_v, bias)  # (B, S, 2 NH)
+            i, f = gates.transpose(1, 2).split(self.num_heads, dim=1)  # 2 x (B, NH, S)
             # (B, S, DI) -> (B, S, NH, DH) -> (B, NH, S, DH)
             q, k, v = (t.view(B, S, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
             h = mlstm(q, k, v, i, f, backend=self.backend, chunk_size=self.chunk_size)  # (B, NH, S, DH)
@@ -682,6 +686,9 @@ class ViLStage(nn.Module):
         chunk_size: chunkwise kernel chunk length (default ``None``: by head dim, see :func:`mlstm`).
         channel_tokens: ``True``/``False`` to force a token mode; ``None`` (default) = auto, see above.
         spatial_dims: number of spatial dims, needed for ``conv_kind="grid"`` when ``feature_size`` is ``None``.
+        checkpoint: gradient checkpointing (default ``False``): keep only the stage's input for backward and
+            recompute its blocks there (``torch.utils.checkpoint``, non-reentrant). Trades about one extra forward
+            of the stage for its activation memory, which dominates at the full-resolution stages.
 
     Raises:
         ValueError: on invalid options, channel tokens without ``feature_size`` or with ``grid`` conv, ``grid`` conv
@@ -711,6 +718,7 @@ class ViLStage(nn.Module):
         chunk_size: int | None = None,
         channel_tokens: bool | None = None,
         spatial_dims: int | None = None,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if channels < 1:
@@ -741,6 +749,7 @@ class ViLStage(nn.Module):
             if conv is ConvKind.GRID:
                 raise ValueError("channel_tokens=True cannot use conv_kind='grid': channel tokens have no grid")
         self.channel_tokens = bool(channel_tokens)
+        self.checkpoint = bool(checkpoint)
         if conv is ConvKind.GRID and spatial_dims is None:
             raise ValueError("conv_kind='grid' needs feature_size or spatial_dims to build its Conv{1,2,3}d")
 
@@ -770,11 +779,18 @@ class ViLStage(nn.Module):
         if x.dim() < 3 or x.shape[1] != self.channels:
             raise ValueError(f"expected (B, C={self.channels}, *spatial), got {tuple(x.shape)}")
         B, C, *spatial = x.shape
+        if self.channel_tokens and tuple(spatial) != self.feature_size:
+            raise ValueError(
+                f"channel-token mode was built for spatial size {self.feature_size}, got {tuple(spatial)}"
+            )
+        if self.checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._blocks_forward, x, use_reentrant=False)
+        return self._blocks_forward(x)
+
+    def _blocks_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage on a validated ``(B, C, *spatial)`` input."""
+        B, C, *spatial = x.shape
         if self.channel_tokens:
-            if tuple(spatial) != self.feature_size:
-                raise ValueError(
-                    f"channel-token mode was built for spatial size {self.feature_size}, got {tuple(spatial)}"
-                )
             tokens = x.flatten(2)  # (B, C, *spatial) -> (B, S=C, D=N)
             for block in self.blocks:
                 tokens = block(tokens)
@@ -787,5 +803,5 @@ class ViLStage(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, feature_size={self.feature_size}, directions={self.directions.value}, "
-            f"channel_tokens={self.channel_tokens}"
+            f"channel_tokens={self.channel_tokens}, checkpoint={self.checkpoint}"
         )
