@@ -14,9 +14,10 @@ Usage::
 
 - Models: ``resenc`` (dynamic-network-architectures' ResidualEncoderUNet, nnU-Net's ResEnc: residual encoder, plain
   conv decoder) and XLSTMUNet with ``vil_placement`` = ``bot``, ``enc``, ``enc_official`` (residual encoder, residual
-  decoder as in the paper). All share stages, strides, features and encoder blocks. Opt-in ``resunet`` (ResidualUNet:
-  XLSTMUNet without ViL) separates the ViL cost from the residual decoder's. XLSTMUNet gets the patch size (as nnU-Net
-  plans give it), so deep stages whose voxel count is at most C use channel tokens.
+  decoder as in the paper). All share stages, strides, features and encoder blocks. Opt-in with ``--models``:
+  ``enc_ckpt`` (enc with gradient checkpointing of the ViL stages) and ``resunet`` (ResidualUNet: XLSTMUNet without
+  ViL, which separates the ViL cost from the residual decoder's). XLSTMUNet gets the patch size (as nnU-Net plans
+  give it), so deep stages whose voxel count is at most C use channel tokens.
 - Configurations (nnU-Net ResEnc block counts, decoder 1 block per stage, 1 input channel, 4 classes, deep
   supervision on): 2D 256x256, 7 stages, features 32..512, strides 1, 2, ..., 2; 3D 32x96x96, 5 stages, features
   32..320, strides [1,1,1], [1,2,2], [2,2,2] x 3.
@@ -43,9 +44,10 @@ from pathlib import Path
 logger = logging.getLogger("train_step")
 
 MODELS = ("resenc", "bot", "enc", "enc_official")
-EXTRA_MODELS = ("resunet",)
+EXTRA_MODELS = ("resunet", "enc_ckpt")
 """Opt-in with ``--models``: ``resunet`` is dynamic-network-architectures' ResidualUNet, i.e. XLSTMUNet without ViL
-(residual decoder), which separates the ViL cost from the residual decoder's."""
+(residual decoder), which separates the ViL cost from the residual decoder's; ``enc_ckpt`` is ``enc`` with gradient
+checkpointing of every ViL stage (``vil_kwargs={"checkpoint": True}``)."""
 DIMS = (2, 3)
 
 
@@ -103,9 +105,13 @@ def build_model(model: str, dim: int, config: Config):
         net = ResidualEncoderUNet(**kwargs, n_blocks_per_stage=list(config.blocks))
     elif model == "resunet":
         net = ResidualUNet(**kwargs, n_blocks_per_stage=list(config.blocks))
-    elif model in MODELS:
+    elif model in MODELS or model == "enc_ckpt":
         net = XLSTMUNet(
-            **kwargs, n_blocks_per_stage=list(config.blocks), vil_placement=model, patch_size=list(config.size)
+            **kwargs,
+            n_blocks_per_stage=list(config.blocks),
+            vil_placement="enc" if model == "enc_ckpt" else model,
+            vil_kwargs={"checkpoint": True} if model == "enc_ckpt" else None,
+            patch_size=list(config.size),
         )
     else:
         raise ValueError(f"unknown model {model!r}; expected one of {MODELS + EXTRA_MODELS}")

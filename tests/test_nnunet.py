@@ -127,6 +127,26 @@ def test_recipe_is_what_the_trained_trainer_used(phantom2d_prepared, nnunet_root
             assert tr.optimizer.param_groups[0]["momentum"] == 0.99 and tr.optimizer.param_groups[0]["nesterov"]
 
 
+def test_checkpointed_enc_trainer_builds_the_enc_network_with_checkpointing(phantom2d_prepared, nnunet_root):
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from xlstm_unet.nnunet.env import apply_env
+    from xlstm_unet.vil import ViLStage
+
+    apply_env()
+    nets = {}
+    for name in ("nnUNetTrainerXLSTMEnc_1ep_1it", "nnUNetTrainerXLSTMEncCkpt_1ep_1it"):
+        tr = get_trainer_from_args(phantom2d_prepared, "2d", 0, name, "nnUNetPlans", device=torch.device("cpu"))
+        tr.initialize()
+        nets[name] = tr.network
+    plain, ckpt = nets.values()
+    assert plain.state_dict().keys() == ckpt.state_dict().keys()
+    vils = [m for m in ckpt.modules() if isinstance(m, ViLStage)]
+    assert len(vils) == len(ckpt.vil_stages) > 0 and all(v.checkpoint for v in vils)
+    assert not any(m.checkpoint for m in plain.modules() if isinstance(m, ViLStage))
+    assert trainer_class("nnUNetTrainerXLSTMEncCkpt").recipe_variant == "enc"
+
+
 def test_nan_loss_stops_with_the_epoch(phantom2d_prepared):
     from nnunetv2.run.run_training import get_trainer_from_args
 

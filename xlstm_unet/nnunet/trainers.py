@@ -48,6 +48,7 @@ __all__ = [
 
     "nnUNetTrainerXLSTMBot",
     "nnUNetTrainerXLSTMEnc",
+    "nnUNetTrainerXLSTMEncCkpt",
     "nnUNetTrainerXLSTMEncOfficial",
 ]
 
@@ -217,6 +218,17 @@ class nnUNetTrainerXLSTMEnc(nnUNetTrainerXLSTM):
 
     vil_placement = "enc"
     recipe_variant = "enc"
+
+
+class nnUNetTrainerXLSTMEncCkpt(nnUNetTrainerXLSTMEnc):
+    """xLSTM-UNet Enc with gradient checkpointing of every ViL stage (``ViLStage(checkpoint=True)``).
+
+    The same network and results as :class:`nnUNetTrainerXLSTMEnc` (same weights layout, same gradients), for
+    less activation memory at the cost of recomputing each ViL stage's forward in backward: for GPUs on which the
+    paper's patch sizes do not fit otherwise.
+    """
+
+    vil_kwargs = {"checkpoint": True}
 
 
 class nnUNetTrainerXLSTMEncOfficial(nnUNetTrainerXLSTM):
