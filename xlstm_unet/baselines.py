@@ -35,15 +35,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
-from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim
-from dynamic_network_architectures.building_blocks.residual import BasicBlockD
-from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
-from dynamic_network_architectures.building_blocks.unet_residual_decoder import UNetResDecoder
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He, init_last_bn_before_add_to_0
 from torch import nn
 
-from xlstm_unet.networks import ResidualMixerStage
+from xlstm_unet.networks import ResidualMixerStage, ResidualMixerUNet
 
 __all__ = [
     "MonaiNetwork",
@@ -385,13 +379,17 @@ class MambaPlacement(str, Enum):
     """Every encoder stage (U-Mamba Enc)."""
 
 
-def mamba_stage_indices(placement: MambaPlacement | str, n_stages: int) -> list[int]:
-    """Encoder stages with a Mamba layer: ``bot`` -> ``[n_stages - 1]``, ``enc`` -> ``[0, ..., n_stages - 1]``."""
+def _as_mamba_placement(placement: MambaPlacement | str) -> MambaPlacement:
     try:
-        preset = MambaPlacement(placement)
+        return MambaPlacement(placement)
     except ValueError:
         raise ValueError(f"unknown mamba_placement {placement!r}; expected one of "
                          f"{[p.value for p in MambaPlacement]}") from None
+
+
+def mamba_stage_indices(placement: MambaPlacement | str, n_stages: int) -> list[int]:
+    """Encoder stages with a Mamba layer: ``bot`` -> ``[n_stages - 1]``, ``enc`` -> ``[0, ..., n_stages - 1]``."""
+    preset = _as_mamba_placement(placement)
     return [n_stages - 1] if preset is MambaPlacement.BOT else list(range(n_stages))
 
 
@@ -401,44 +399,29 @@ class ResidualMambaStage(ResidualMixerStage):
     mixer_name = "mamba"
 
 
-def _per_stage(name: str, value: Any, n: int) -> list[int]:
-    """A new list of ``n`` positive ints from an int or a sequence of ``n`` ints."""
-    values = [value] * n if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
-    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)) or len(values) != n:
-        raise ValueError(f"{name} must be an int or {n} ints (one per stage), got {value!r}")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must hold positive ints, got {list(values)}")
-    return [int(v) for v in values]
-
-
-class UMambaUNet(AbstractDynamicNetworkArchitectures):
+class UMambaUNet(ResidualMixerUNet):
     """U-Mamba (Bot or Enc) for 2D or 3D (``conv_op`` decides), buildable from nnU-Net v2 plans.
 
-    Encoder: dynamic-network-architectures' ``ResidualEncoder`` (conv stem, ``BasicBlockD`` residual blocks, the
-    first block of a stage carries its stride). The stages chosen by ``mamba_placement`` end in a
-    :class:`MambaLayer`. Decoder: ``UNetResDecoder`` (transposed conv, concatenation with the skip, residual blocks,
-    1x1 heads for deep supervision).
+    A :class:`~xlstm_unet.networks.ResidualMixerUNet` (residual encoder and ``UNetResDecoder`` of
+    dynamic-network-architectures) whose chosen encoder stages end in a :class:`MambaLayer` (stages
+    :class:`ResidualMambaStage`, state-dict keys ``encoder.stages.<s>.mamba...``); ``forward`` and the shared
+    arguments (the keys of nnU-Net's plans) are documented there.
 
     U-Mamba Enc as in U-Mamba: the encoder stages from ``ceil(n_stages / 2)`` on and the decoder stages from
     ``ceil((n_stages - 1) / 2 + 0.5)`` on (counted from the bottleneck side) have one block each; a stage whose
     voxel count (from ``patch_size``) is at most its channel count uses channel tokens. Bot keeps the plans' block
     counts and spatial tokens.
 
-    ``forward(x)``: ``(B, input_channels, *spatial)`` -> logits ``(B, K, *spatial)``, or with
-    ``decoder.deep_supervision`` a list of ``n_stages - 1`` of them, highest resolution first (nnU-Net's convention).
-
     Args:
-        input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, conv_bias, norm_op,
-            norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin, nonlin_kwargs, deep_supervision: as in
-            dynamic-network-architectures' ``ResidualEncoderUNet`` (the keys of nnU-Net's plans).
-        num_classes: output channels ``K``.
-        n_conv_per_stage / n_blocks_per_stage: residual blocks per encoder stage (nnUNetPlans use the first name,
-            ResEnc plans the second; give one, or both if equal).
-        n_conv_per_stage_decoder: residual blocks per decoder stage (``n_stages - 1``, bottleneck side first).
         mamba_placement: ``"bot"`` (default) or ``"enc"``.
         patch_size: the training patch (needed by ``enc`` for the channel-token rule; without it, spatial tokens).
-        mamba_kwargs: extra :class:`MambaLayer` kwargs (``d_state``, ``d_conv``, ``expand``, ``backend``).
+        mamba_kwargs: extra :class:`MambaLayer` kwargs (``d_state``, ``d_conv``, ``expand``, ``backend``); not
+            ``dim`` or ``channel_tokens``, which come from the stage.
+        The others: see :class:`~xlstm_unet.networks.ResidualMixerUNet`.
+
+    Raises:
+        ValueError: as :class:`~xlstm_unet.networks.ResidualMixerUNet`, plus an unknown placement or reserved keys
+            in ``mamba_kwargs``.
 
     Examples::
 
@@ -448,6 +431,9 @@ class UMambaUNet(AbstractDynamicNetworkArchitectures):
                          mamba_placement="enc", patch_size=(32, 32))
         logits = net(torch.randn(2, 1, 32, 32))               # (2, 3, 32, 32)
     """
+
+    stage_class = ResidualMambaStage
+    reserved_mixer_kwargs = frozenset({"dim", "channel_tokens"})
 
     def __init__(
         self,
@@ -474,91 +460,44 @@ class UMambaUNet(AbstractDynamicNetworkArchitectures):
         patch_size: Sequence[int] | None = None,
         mamba_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__()
-        if not isinstance(conv_op, type) or not issubclass(conv_op, (nn.Conv2d, nn.Conv3d)):
-            raise ValueError(f"conv_op must be nn.Conv2d or nn.Conv3d, got {conv_op!r}")
-        dim = convert_conv_op_to_dim(conv_op)
-        if isinstance(n_stages, bool) or not isinstance(n_stages, int) or n_stages < 2:
-            raise ValueError(f"n_stages must be an int >= 2, got {n_stages!r}")
-        if n_conv_per_stage is None and n_blocks_per_stage is None:
-            raise ValueError("give n_conv_per_stage (or its alias n_blocks_per_stage), got neither")
-        given = [_per_stage(n, v, n_stages) for n, v in (("n_conv_per_stage", n_conv_per_stage),
-                                                         ("n_blocks_per_stage", n_blocks_per_stage)) if v is not None]
-        if len(given) == 2 and given[0] != given[1]:
-            raise ValueError(f"n_conv_per_stage {given[0]} and n_blocks_per_stage {given[1]} differ; give one")
-        blocks = given[0]
-        decoder_blocks = _per_stage("n_conv_per_stage_decoder", n_conv_per_stage_decoder, n_stages - 1)
-        features = _per_stage("features_per_stage", features_per_stage, n_stages)
-        stride_list = [[int(s)] * dim if isinstance(s, (int, np.integer)) else [int(a) for a in s]
-                       for s in ([strides] * n_stages if isinstance(strides, (int, np.integer)) else strides)]
-        if len(stride_list) != n_stages or any(len(s) != dim for s in stride_list):
-            raise ValueError(f"strides must be an int or {n_stages} entries of an int or {dim} ints, got {strides!r}")
-        stages_with_mamba = mamba_stage_indices(mamba_placement, n_stages)  # validates the name
-        placement = MambaPlacement(mamba_placement)
-        if placement is MambaPlacement.ENC:
-            for s in range(math.ceil(n_stages / 2), n_stages):
-                blocks[s] = 1
-            for s in range(math.ceil((n_stages - 1) / 2 + 0.5), n_stages - 1):
-                decoder_blocks[s] = 1
+        super().__init__(
+            input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, num_classes=num_classes,
+            n_conv_per_stage=n_conv_per_stage, n_blocks_per_stage=n_blocks_per_stage,
+            n_conv_per_stage_decoder=n_conv_per_stage_decoder, conv_bias=conv_bias, norm_op=norm_op,
+            norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op, dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin,
+            nonlin_kwargs=nonlin_kwargs, deep_supervision=deep_supervision, patch_size=patch_size,
+            mixer_placement=_as_mamba_placement(mamba_placement), mixer_kwargs=mamba_kwargs,
+        )
 
-        feature_sizes: list[list[int]] | None = None
-        if patch_size is not None:
-            patch = [int(p) for p in patch_size]
-            if len(patch) != dim:
-                raise ValueError(f"patch_size must have {dim} entries, got {list(patch_size)}")
-            feature_sizes, current = [], patch
-            for stride in stride_list:
-                current = [c // st for c, st in zip(current, stride)]
-                feature_sizes.append(current)
-        self.patch_size: tuple[int, ...] | None = None if patch_size is None else tuple(int(p) for p in patch_size)
-        self.mamba_placement = placement
-        self.total_stride: tuple[int, ...] = tuple(math.prod(s[a] for s in stride_list) for a in range(dim))
-
-        self.key_to_encoder = "encoder.stages"
-        self.key_to_stem = "encoder.stem"
-        self.keys_to_in_proj = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")
-        self.encoder = ResidualEncoder(
-            input_channels, n_stages, features, conv_op, kernel_sizes, stride_list, blocks, conv_bias, norm_op,
-            None if norm_op_kwargs is None else dict(norm_op_kwargs), dropout_op,
-            None if dropout_op_kwargs is None else dict(dropout_op_kwargs), nonlin,
-            None if nonlin_kwargs is None else dict(nonlin_kwargs), block=BasicBlockD, return_skips=True)
-        layer_kwargs = dict(mamba_kwargs or {})
-        reserved = sorted({"dim", "channel_tokens"} & layer_kwargs.keys())
-        if reserved:
-            raise ValueError(f"mamba_kwargs must not set {reserved}: they come from each stage")
-        for s in stages_with_mamba:
-            channel_tokens = (placement is MambaPlacement.ENC and feature_sizes is not None
-                              and math.prod(feature_sizes[s]) <= features[s])
-            layer = MambaLayer(math.prod(feature_sizes[s]) if channel_tokens else features[s],
-                               channel_tokens=channel_tokens, **layer_kwargs)
-            self.encoder.stages[s] = ResidualMambaStage(self.encoder.stages[s], layer)
-        self.decoder = UNetResDecoder(self.encoder, num_classes, decoder_blocks, bool(deep_supervision))
+    @property
+    def mamba_placement(self) -> MambaPlacement:
+        """Where the Mamba layers are: ``bot`` or ``enc``."""
+        return self.mixer_placement
 
     @property
     def mamba_stages(self) -> tuple[int, ...]:
         """Encoder stage indices that end in a Mamba layer."""
-        return tuple(i for i, st in enumerate(self.encoder.stages) if isinstance(st, ResidualMambaStage))
+        return self.mixer_stages
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """``(B, C_in, *spatial)`` -> logits ``(B, K, *spatial)`` (a list of them under deep supervision)."""
-        if x.ndim != len(self.total_stride) + 2 or any(n % t for n, t in zip(x.shape[2:], self.total_stride)):
-            raise ValueError(f"expected (B, C, *spatial) with spatial sizes divisible by {self.total_stride}, "
-                             f"got {tuple(x.shape)}")
-        return self.decoder(self.encoder(x))
+    def _mixer_stage_indices(self, n_stages: int, dim: int) -> list[int]:
+        return mamba_stage_indices(self.mixer_placement, n_stages)
 
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Voxel count of the stored feature maps for a ``input_size`` patch (nnU-Net's memory estimate)."""
-        return self.encoder.compute_conv_feature_map_size(input_size) + \
-            self.decoder.compute_conv_feature_map_size(input_size)
+    def _stage_block_counts(self, encoder_blocks: list[int], decoder_blocks: list[int]) -> tuple[list[int], list[int]]:
+        """U-Mamba Enc: one block per encoder stage from ``ceil(n_stages / 2)`` on and per decoder stage from
+        ``ceil((n_stages - 1) / 2 + 0.5)`` on; Bot: the plans' counts."""
+        if self.mixer_placement is MambaPlacement.ENC:
+            n_stages = len(encoder_blocks)
+            for s in range(math.ceil(n_stages / 2), n_stages):
+                encoder_blocks[s] = 1
+            for s in range(math.ceil((n_stages - 1) / 2 + 0.5), n_stages - 1):
+                decoder_blocks[s] = 1
+        return encoder_blocks, decoder_blocks
 
-    def initialize(self, module: nn.Module) -> None:
-        """nnU-Net's init hook: He init of convs and zero-init of each residual block's last norm, as for
-        ``ResidualEncoderUNet``; Mamba layers keep their own init (dt bias, S4D-real ``A_log``)."""
-        if any(module is m for st in self.encoder.stages if isinstance(st, ResidualMambaStage)
-               for m in st.mamba.modules()):
-            return
-        InitWeights_He(1e-2)(module)
-        init_last_bn_before_add_to_0(module)
-
-    def extra_repr(self) -> str:
-        return f"mamba_stages={list(self.mamba_stages)}, patch_size={self.patch_size}"
+    def _make_mixer(
+        self, stage: int, channels: int, feature_size: tuple[int, ...] | None, spatial_dims: int
+    ) -> MambaLayer:
+        """Channel tokens (``dim = S``) for Enc where the stage's voxel count ``S`` is at most ``C``, else spatial
+        tokens (``dim = C``)."""
+        voxels = None if feature_size is None else math.prod(feature_size)
+        channel_tokens = self.mixer_placement is MambaPlacement.ENC and voxels is not None and voxels <= channels
+        return MambaLayer(voxels if channel_tokens else channels, channel_tokens=channel_tokens, **self.mixer_kwargs)

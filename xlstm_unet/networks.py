@@ -4,11 +4,13 @@ Chen et al., "xLSTM-UNet can be an Effective 2D & 3D Medical Image Segmentation 
 better than its Mamba Counterpart", arXiv 2407.01530, section 2.
 
 One dimension-generic class, :class:`XLSTMUNet`: ``conv_op`` (``nn.Conv2d`` or ``nn.Conv3d``) decides 2D or 3D, as
-in dynamic-network-architectures, whose building blocks it reuses:
+in dynamic-network-architectures, whose building blocks it reuses. It is a preset of :class:`ResidualMixerUNet`, the
+residual U-Net with token mixers that U-Mamba (:class:`xlstm_unet.baselines.UMambaUNet`) shares:
 
-- encoder (:class:`XLSTMEncoder`, a ``ResidualEncoder``): a conv stem, then per stage ``n_conv_per_stage[s]`` residual
-  blocks (``BasicBlockD``: conv, norm, nonlin; the first block carries the stage's stride) followed, at the stages
-  chosen by ``vil_placement``, by a :class:`xlstm_unet.vil.ViLStage` (flatten to tokens, LayerNorm, ViL, reshape back);
+- encoder (``ResidualEncoder``): a conv stem, then per stage ``n_conv_per_stage[s]`` residual blocks (``BasicBlockD``:
+  conv, norm, nonlin; the first block carries the stage's stride) followed, at the stages chosen by
+  ``vil_placement``, by a :class:`xlstm_unet.vil.ViLStage` (flatten to tokens, LayerNorm, ViL, reshape back; the stage
+  is a :class:`ResidualViLStage`);
 - decoder (``UNetResDecoder``): transposed-conv upsampling, concatenation with the encoder skip at EVERY resolution
   (the official 2D code drops the full-resolution skip; this one does not), residual blocks, and a 1x1 segmentation
   head per resolution for deep supervision.
@@ -38,9 +40,9 @@ from __future__ import annotations
 import math
 import operator
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -59,7 +61,7 @@ __all__ = [
     "vil_stage_indices",
     "ResidualMixerStage",
     "ResidualViLStage",
-    "XLSTMEncoder",
+    "ResidualMixerUNet",
     "XLSTMUNet",
 ]
 
@@ -164,8 +166,13 @@ class ResidualMixerStage(nn.Module):
         self.blocks = blocks
         self.add_module(self.mixer_name, mixer)
 
+    @property
+    def mixer(self) -> nn.Module:
+        """The mixer module (registered as ``self.<mixer_name>``)."""
+        return getattr(self, self.mixer_name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return getattr(self, self.mixer_name)(self.blocks(x))
+        return self.mixer(self.blocks(x))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
         """Voxel count of the stored feature maps, for nnU-Net's VRAM estimate.
@@ -183,74 +190,6 @@ class ResidualViLStage(ResidualMixerStage):
     """One encoder stage with ViL: residual conv blocks, then a :class:`~xlstm_unet.vil.ViLStage` (``.vil``)."""
 
     mixer_name = "vil"
-
-
-class XLSTMEncoder(ResidualEncoder):
-    """dynamic-network-architectures' ``ResidualEncoder`` with a ViL module after the residual blocks of chosen stages.
-
-    ``forward(x)``: ``(B, C_in, *spatial)`` -> list of ``n_stages`` skips, skip ``s`` of shape
-    ``(B, features_per_stage[s], *spatial / prod(strides[:s + 1]))``, highest resolution first.
-
-    Stages listed in ``vil_stages`` are :class:`ResidualViLStage`; the others stay ``StackedResidualBlocks``. The
-    attributes that ``UNetResDecoder`` reads (``output_channels``, ``strides``, ``kernel_sizes``, ``conv_op``, norm,
-    nonlin, dropout, ``conv_bias``) are those of ``ResidualEncoder``.
-
-    Args:
-        vil_stages: stage indices that get a ViL module (already validated, see :func:`vil_stage_indices`).
-        feature_sizes: the spatial size of every stage's output, or ``None`` when unknown (no patch size); passed to
-            ``ViLStage(feature_size=...)``, which needs it for channel-token mode. ``spatial_dims`` is always passed.
-        vil_kwargs: extra keyword arguments for every ``ViLStage``.
-        The remaining arguments are ``ResidualEncoder``'s, already expanded to one entry per stage.
-    """
-
-    def __init__(
-        self,
-        input_channels: int,
-        n_stages: int,
-        features_per_stage: list[int],
-        conv_op: type[nn.Module],
-        kernel_sizes: list[list[int]],
-        strides: list[list[int]],
-        n_blocks_per_stage: list[int],
-        conv_bias: bool,
-        norm_op: type[nn.Module] | None,
-        norm_op_kwargs: dict | None,
-        dropout_op: type[nn.Module] | None,
-        dropout_op_kwargs: dict | None,
-        nonlin: type[nn.Module] | None,
-        nonlin_kwargs: dict | None,
-        *,
-        vil_stages: Sequence[int],
-        feature_sizes: list[list[int]] | None,
-        vil_kwargs: dict[str, Any],
-    ) -> None:
-        super().__init__(
-            input_channels,
-            n_stages,
-            features_per_stage,
-            conv_op,
-            kernel_sizes,
-            strides,
-            n_blocks_per_stage,
-            conv_bias,
-            norm_op,
-            norm_op_kwargs,
-            dropout_op,
-            dropout_op_kwargs,
-            nonlin,
-            nonlin_kwargs,
-            block=BasicBlockD,
-            return_skips=True,
-        )
-        self.vil_stages: tuple[int, ...] = tuple(vil_stages)
-        for s in self.vil_stages:
-            vil = ViLStage(
-                features_per_stage[s],
-                feature_size=None if feature_sizes is None else tuple(feature_sizes[s]),
-                spatial_dims=len(strides[s]),
-                **vil_kwargs,
-            )
-            self.stages[s] = ResidualViLStage(self.stages[s], vil)
 
 
 def _expand(name: str, value: Any, n: int, per: str) -> list:
@@ -281,8 +220,21 @@ def _positive_ints(name: str, values: list) -> list[int]:
     return [int(v) for v in values]
 
 
-class XLSTMUNet(AbstractDynamicNetworkArchitectures):
-    """xLSTM-UNet for 2D or 3D segmentation (``conv_op`` decides), buildable from nnU-Net v2 plans.
+class ResidualMixerUNet(AbstractDynamicNetworkArchitectures):
+    """Residual U-Net for 2D or 3D (``conv_op`` decides) whose chosen encoder stages end in a token mixer.
+
+    The shared base of :class:`XLSTMUNet` (ViL) and :class:`xlstm_unet.baselines.UMambaUNet` (Mamba). It checks and
+    expands nnU-Net's architecture kwargs (the keys of dynamic-network-architectures' ``ResidualEncoderUNet``), builds
+    the encoder (``ResidualEncoder`` with ``BasicBlockD``, skips returned: a conv stem, then per stage
+    ``n_conv_per_stage[s]`` residual blocks, the first carrying the stage's stride), wraps the stages that
+    :meth:`_mixer_stage_indices` chooses into a :attr:`stage_class` around the module of :meth:`_make_mixer`, and builds
+    the ``UNetResDecoder`` (transposed conv, concatenation with the skip at every resolution, residual blocks, a 1x1
+    head per resolution for deep supervision).
+
+    A preset subclass sets :attr:`stage_class` (its ``mixer_name`` names the mixer in the state-dict keys, e.g.
+    ``encoder.stages.3.vil...``), implements :meth:`_mixer_stage_indices` and :meth:`_make_mixer`, may override
+    :meth:`_stage_block_counts`, and passes its own placement and mixer kwargs (named ``<mixer_name>_placement`` and
+    ``<mixer_name>_kwargs`` in its signature) as ``mixer_placement`` and ``mixer_kwargs``.
 
     ``forward(x)``: ``x`` is ``(B, input_channels, *spatial)``, each spatial size divisible by the total stride
     ``prod(strides[s][axis] for s)``. Returns logits (no softmax):
@@ -310,6 +262,204 @@ class XLSTMUNet(AbstractDynamicNetworkArchitectures):
         dropout_op, dropout_op_kwargs: dropout in the first conv of each block. Default ``None``: none.
         nonlin, nonlin_kwargs: activation, e.g. ``nn.LeakyReLU`` with ``{"inplace": True}``. Default ``None``: none.
         deep_supervision: initial value of ``decoder.deep_supervision``. Default False.
+        patch_size: the training patch size (``dim`` ints, divisible by the total stride), or ``None``. When given,
+            :meth:`_make_mixer` gets each stage's feature-map size (``patch_size / cumulative stride``).
+        mixer_placement: the preset's placement, kept as :attr:`mixer_placement` for :meth:`_mixer_stage_indices`.
+        mixer_kwargs: the preset's extra mixer kwargs, copied to :attr:`mixer_kwargs`; must not hold a key of
+            :attr:`reserved_mixer_kwargs`.
+
+    Attributes:
+        mixer_stages: the encoder stage indices that end in a mixer, ascending.
+        total_stride: the product of the strides per spatial axis.
+        patch_size: ``patch_size`` as a tuple, or ``None``.
+
+    Raises:
+        ValueError: per-stage lists of the wrong length, a ``conv_op`` other than Conv2d/Conv3d, conflicting
+            ``n_conv_per_stage``/``n_blocks_per_stage``, a patch size not divisible by the total stride, reserved
+            keys in ``mixer_kwargs``, or what the preset's hooks reject (e.g. its placement).
+    """
+
+    stage_class: ClassVar[type[ResidualMixerStage]] = ResidualMixerStage
+    """The wrapper of a stage with a mixer."""
+    reserved_mixer_kwargs: ClassVar[frozenset[str]] = frozenset()
+    """Mixer kwargs that :meth:`_make_mixer` derives from the stage, so ``mixer_kwargs`` must not set them."""
+
+    def __init__(
+        self,
+        input_channels: int,
+        n_stages: int,
+        features_per_stage: IntOrSeq,
+        conv_op: type[nn.Module],
+        kernel_sizes: int | Sequence[IntOrSeq],
+        strides: int | Sequence[IntOrSeq],
+        *,
+        num_classes: int,
+        n_conv_per_stage: IntOrSeq | None = None,
+        n_blocks_per_stage: IntOrSeq | None = None,
+        n_conv_per_stage_decoder: IntOrSeq,
+        conv_bias: bool = False,
+        norm_op: type[nn.Module] | None = None,
+        norm_op_kwargs: dict | None = None,
+        dropout_op: type[nn.Module] | None = None,
+        dropout_op_kwargs: dict | None = None,
+        nonlin: type[nn.Module] | None = None,
+        nonlin_kwargs: dict | None = None,
+        deep_supervision: bool = False,
+        patch_size: Sequence[int] | None = None,
+        mixer_placement: Any = None,
+        mixer_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(conv_op, type) or not issubclass(conv_op, (nn.Conv2d, nn.Conv3d)):
+            raise ValueError(f"conv_op must be nn.Conv2d or nn.Conv3d (or a subclass), got {conv_op!r}")
+        dim = convert_conv_op_to_dim(conv_op)
+        if isinstance(n_stages, bool) or not isinstance(n_stages, int) or n_stages < 2:
+            raise ValueError(f"n_stages must be an int >= 2 (a bottleneck and one skip resolution), got {n_stages!r}")
+        for name, value in (("input_channels", input_channels), ("num_classes", num_classes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+        if n_conv_per_stage is None and n_blocks_per_stage is None:
+            raise ValueError("give n_conv_per_stage (or its alias n_blocks_per_stage), got neither")
+        blocks_lists = [
+            _positive_ints(name, _per_stage(name, value, n_stages))
+            for name, value in (("n_conv_per_stage", n_conv_per_stage), ("n_blocks_per_stage", n_blocks_per_stage))
+            if value is not None
+        ]
+        if len(blocks_lists) == 2 and blocks_lists[0] != blocks_lists[1]:
+            raise ValueError(
+                "n_conv_per_stage and its alias n_blocks_per_stage differ: "
+                f"{blocks_lists[0]} vs {blocks_lists[1]}; give only one"
+            )
+        features = _positive_ints(
+            "features_per_stage", _per_stage("features_per_stage", features_per_stage, n_stages)
+        )
+        kernels = [
+            _per_axis(f"kernel_sizes[{s}]", k, dim)
+            for s, k in enumerate(_per_stage("kernel_sizes", kernel_sizes, n_stages))
+        ]
+        stride_list = [
+            _per_axis(f"strides[{s}]", k, dim) for s, k in enumerate(_per_stage("strides", strides, n_stages))
+        ]
+        decoder_blocks = _positive_ints(
+            "n_conv_per_stage_decoder", _per_stage("n_conv_per_stage_decoder", n_conv_per_stage_decoder, n_stages - 1)
+        )
+        options = dict(mixer_kwargs or {})
+        reserved = sorted(self.reserved_mixer_kwargs & options.keys())
+        if reserved:
+            raise ValueError(f"{self.stage_class.mixer_name}_kwargs must not set {reserved}: they come from each stage")
+
+        self.input_channels = input_channels
+        self.num_classes = num_classes
+        self.total_stride: tuple[int, ...] = tuple(math.prod(s[a] for s in stride_list) for a in range(dim))
+        self.patch_size: tuple[int, ...] | None = None
+        feature_sizes: list[tuple[int, ...]] | None = None
+        if patch_size is not None:
+            patch = _per_axis("patch_size", patch_size, dim)
+            if any(p % t for p, t in zip(patch, self.total_stride)):
+                raise ValueError(f"patch_size {patch} must be divisible by the total stride {list(self.total_stride)}")
+            self.patch_size = tuple(patch)
+            feature_sizes, current = [], self.patch_size
+            for stride in stride_list:
+                current = tuple(c // st for c, st in zip(current, stride))
+                feature_sizes.append(current)
+        self.mixer_placement = mixer_placement
+        self.mixer_kwargs: dict[str, Any] = options
+        self.mixer_stages: tuple[int, ...] = tuple(self._mixer_stage_indices(n_stages, dim))
+        encoder_blocks, decoder_blocks = self._stage_block_counts(blocks_lists[0], decoder_blocks)
+
+        # dynamic-network-architectures bookkeeping (used by pretraining / fine-tuning tools)
+        self.key_to_encoder = "encoder.stages"
+        self.key_to_stem = "encoder.stem"
+        self.keys_to_in_proj = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")
+
+        self.encoder = ResidualEncoder(
+            input_channels,
+            n_stages,
+            features,
+            conv_op,
+            kernels,
+            stride_list,
+            encoder_blocks,
+            conv_bias,
+            norm_op,
+            dict(norm_op_kwargs or {}),
+            dropout_op,
+            dict(dropout_op_kwargs or {}),
+            nonlin,
+            dict(nonlin_kwargs or {}),
+            block=BasicBlockD,
+            return_skips=True,
+        )
+        for s in self.mixer_stages:
+            feature_size = None if feature_sizes is None else feature_sizes[s]
+            mixer = self._make_mixer(s, features[s], feature_size, dim)
+            self.encoder.stages[s] = self.stage_class(self.encoder.stages[s], mixer)
+        self.decoder = UNetResDecoder(self.encoder, num_classes, decoder_blocks, bool(deep_supervision))
+
+    def _mixer_stage_indices(self, n_stages: int, dim: int) -> list[int]:
+        """The encoder stages (ascending, in ``[0, n_stages)``) that get a mixer, from :attr:`mixer_placement`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _mixer_stage_indices")
+
+    def _stage_block_counts(self, encoder_blocks: list[int], decoder_blocks: list[int]) -> tuple[list[int], list[int]]:
+        """Residual blocks per encoder stage and per decoder stage (bottleneck side first), from the checked plans'
+        counts (the arguments are new lists; may be changed in place). Default: unchanged."""
+        return encoder_blocks, decoder_blocks
+
+    def _make_mixer(
+        self, stage: int, channels: int, feature_size: tuple[int, ...] | None, spatial_dims: int
+    ) -> nn.Module:
+        """The mixer of encoder stage ``stage``: a shape-preserving module ``(B, C, *spatial) -> (B, C, *spatial)``
+        with ``C = channels``; ``feature_size`` is the stage's spatial size when ``patch_size`` is known, else
+        ``None``. Called once per mixer stage, ascending, after the residual encoder is built."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _make_mixer")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """``(B, C_in, *spatial)`` -> logits ``(B, K, *spatial)``, or a list of them under deep supervision."""
+        dim = len(self.total_stride)
+        if x.ndim != dim + 2 or x.shape[1] != self.input_channels:
+            raise ValueError(f"expected input (B, {self.input_channels}, {dim} spatial dims), got {tuple(x.shape)}")
+        if any(n % t for n, t in zip(x.shape[2:], self.total_stride)):
+            raise ValueError(
+                f"input spatial shape {tuple(x.shape[2:])} must be divisible by the total stride {self.total_stride}"
+            )
+        return self.decoder(self.encoder(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Voxel count of the stored feature maps for an input of spatial size ``input_size`` (nnU-Net's planner
+        uses it to estimate memory). Mixer stages count their output map only (a lower bound)."""
+        if len(input_size) != len(self.total_stride):
+            raise ValueError(
+                f"input_size must be the {len(self.total_stride)} spatial sizes (no batch/channel), got {input_size}"
+            )
+        return self.encoder.compute_conv_feature_map_size(input_size) + self.decoder.compute_conv_feature_map_size(
+            input_size
+        )
+
+    def initialize(self, module: nn.Module) -> None:
+        """nnU-Net's init hook (``network.apply(network.initialize)``): He init for convs and zero-init of the last
+        norm in each residual block, as for ``ResidualEncoderUNet``. Modules inside a mixer are left alone: they keep
+        the mixer's own init (ViL's ``reset_parameters()``, Mamba's dt bias and S4D-real ``A_log``)."""
+        if any(module is m for mixer in self._mixers() for m in mixer.modules()):
+            return
+        InitWeights_He(1e-2)(module)
+        init_last_bn_before_add_to_0(module)
+
+    def _mixers(self) -> list[nn.Module]:
+        return [stage.mixer for stage in self.encoder.stages if isinstance(stage, ResidualMixerStage)]
+
+    def extra_repr(self) -> str:
+        return f"{self.stage_class.mixer_name}_stages={list(self.mixer_stages)}, patch_size={self.patch_size}"
+
+
+class XLSTMUNet(ResidualMixerUNet):
+    """xLSTM-UNet for 2D or 3D segmentation (``conv_op`` decides), buildable from nnU-Net v2 plans.
+
+    A :class:`ResidualMixerUNet` whose mixers are :class:`~xlstm_unet.vil.ViLStage` modules (state-dict keys
+    ``encoder.stages.<s>.vil...``, stages :class:`ResidualViLStage`); ``forward`` and the shared arguments (the keys of
+    nnU-Net's plans) are documented there.
+
+    Args:
         vil_placement: ``"bot"``, ``"enc"`` (default; the paper), ``"enc_official"``, or stage indices
             (see :func:`vil_stage_indices`).
         vil_kwargs: extra keyword arguments for every :class:`~xlstm_unet.vil.ViLStage` (``directions``,
@@ -320,11 +470,10 @@ class XLSTMUNet(AbstractDynamicNetworkArchitectures):
             feature-map size (``patch_size / cumulative stride``), which ViLStage's channel-token mode needs
             (tokens = channels where the voxel count is at most C, as in the official code); the network then
             only accepts inputs of that spatial size at those stages.
+        The others: see :class:`ResidualMixerUNet`.
 
     Raises:
-        ValueError: per-stage lists of the wrong length, a ``conv_op`` other than Conv2d/Conv3d, conflicting
-            ``n_conv_per_stage``/``n_blocks_per_stage``, bad placement, a patch size not divisible by the total
-            stride, reserved keys in ``vil_kwargs``.
+        ValueError: as :class:`ResidualMixerUNet`, plus a bad placement or reserved keys in ``vil_kwargs``.
 
     Examples::
 
@@ -340,6 +489,9 @@ class XLSTMUNet(AbstractDynamicNetworkArchitectures):
                           deep_supervision=True, vil_placement="bot")
         outputs = net3d(torch.randn(1, 4, 16, 64, 64))          # [(1, 4, 16, 64, 64), (1, 4, 16, 32, 32), ...]
     """
+
+    stage_class = ResidualViLStage
+    reserved_mixer_kwargs = frozenset({"channels", "feature_size", "spatial_dims"})
 
     def __init__(
         self,
@@ -366,136 +518,30 @@ class XLSTMUNet(AbstractDynamicNetworkArchitectures):
         vil_kwargs: dict[str, Any] | None = None,
         patch_size: Sequence[int] | None = None,
     ) -> None:
-        super().__init__()
-        if not isinstance(conv_op, type) or not issubclass(conv_op, (nn.Conv2d, nn.Conv3d)):
-            raise ValueError(f"conv_op must be nn.Conv2d or nn.Conv3d (or a subclass), got {conv_op!r}")
-        dim = convert_conv_op_to_dim(conv_op)
-        if isinstance(n_stages, bool) or not isinstance(n_stages, int) or n_stages < 2:
-            raise ValueError(f"n_stages must be an int >= 2 (a bottleneck and one skip resolution), got {n_stages!r}")
-        for name, value in (("input_channels", input_channels), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-        if n_conv_per_stage is None and n_blocks_per_stage is None:
-            raise ValueError("give n_conv_per_stage (or its alias n_blocks_per_stage), got neither")
-        blocks_lists = [
-            _positive_ints(name, _per_stage(name, value, n_stages))
-            for name, value in (("n_conv_per_stage", n_conv_per_stage), ("n_blocks_per_stage", n_blocks_per_stage))
-            if value is not None
-        ]
-        if len(blocks_lists) == 2 and blocks_lists[0] != blocks_lists[1]:
-            raise ValueError(
-                "n_conv_per_stage and its alias n_blocks_per_stage differ: "
-                f"{blocks_lists[0]} vs {blocks_lists[1]}; give only one"
+        super().__init__(
+            input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, num_classes=num_classes,
+            n_conv_per_stage=n_conv_per_stage, n_blocks_per_stage=n_blocks_per_stage,
+            n_conv_per_stage_decoder=n_conv_per_stage_decoder, conv_bias=conv_bias, norm_op=norm_op,
+            norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op, dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin,
+            nonlin_kwargs=nonlin_kwargs, deep_supervision=deep_supervision, patch_size=patch_size,
+            mixer_placement=vil_placement, mixer_kwargs=vil_kwargs,
+        )
+        if patch_size is None and vil_placement == VilPlacement.ENC_OFFICIAL:
+            warnings.warn(
+                "vil_placement='enc_official' without patch_size: the official code uses channel tokens at the "
+                "stages whose voxel count is at most C, which needs the patch size; all stages use spatial tokens",
+                stacklevel=2,
             )
-        blocks_per_stage = blocks_lists[0]
-        features = _positive_ints(
-            "features_per_stage", _per_stage("features_per_stage", features_per_stage, n_stages)
-        )
-        kernels = [
-            _per_axis(f"kernel_sizes[{s}]", k, dim)
-            for s, k in enumerate(_per_stage("kernel_sizes", kernel_sizes, n_stages))
-        ]
-        stride_list = [
-            _per_axis(f"strides[{s}]", k, dim) for s, k in enumerate(_per_stage("strides", strides, n_stages))
-        ]
-        decoder_blocks = _positive_ints(
-            "n_conv_per_stage_decoder", _per_stage("n_conv_per_stage_decoder", n_conv_per_stage_decoder, n_stages - 1)
-        )
-
-        vil_options = dict(vil_kwargs or {})
-        reserved = sorted({"channels", "feature_size", "spatial_dims"} & vil_options.keys())
-        if reserved:
-            raise ValueError(f"vil_kwargs must not set {reserved}: they come from each stage")
-        vil_stages = vil_stage_indices(vil_placement, n_stages, dim)
-
-        self.input_channels = input_channels
-        self.num_classes = num_classes
-        self.total_stride: tuple[int, ...] = tuple(math.prod(s[a] for s in stride_list) for a in range(dim))
-        feature_sizes = None
-        if patch_size is not None:
-            patch = _per_axis("patch_size", patch_size, dim)
-            if any(p % t for p, t in zip(patch, self.total_stride)):
-                raise ValueError(f"patch_size {patch} must be divisible by the total stride {list(self.total_stride)}")
-            feature_sizes = []
-            current = patch
-            for stride in stride_list:
-                current = [c // st for c, st in zip(current, stride)]
-                feature_sizes.append(current)
-            self.patch_size: tuple[int, ...] | None = tuple(patch)
-        else:
-            self.patch_size = None
-            if vil_placement == VilPlacement.ENC_OFFICIAL:
-                warnings.warn(
-                    "vil_placement='enc_official' without patch_size: the official code uses channel tokens at the "
-                    "stages whose voxel count is at most C, which needs the patch size; all stages use spatial tokens",
-                    stacklevel=2,
-                )
-
-        # dynamic-network-architectures bookkeeping (used by pretraining / fine-tuning tools)
-        self.key_to_encoder = "encoder.stages"
-        self.key_to_stem = "encoder.stem"
-        self.keys_to_in_proj = ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0")
-
-        self.encoder = XLSTMEncoder(
-            input_channels,
-            n_stages,
-            features,
-            conv_op,
-            kernels,
-            stride_list,
-            blocks_per_stage,
-            conv_bias,
-            norm_op,
-            dict(norm_op_kwargs or {}),
-            dropout_op,
-            dict(dropout_op_kwargs or {}),
-            nonlin,
-            dict(nonlin_kwargs or {}),
-            vil_stages=vil_stages,
-            feature_sizes=feature_sizes,
-            vil_kwargs=vil_options,
-        )
-        self.decoder = UNetResDecoder(self.encoder, num_classes, decoder_blocks, bool(deep_supervision))
 
     @property
     def vil_stages(self) -> tuple[int, ...]:
         """Encoder stage indices that carry a ViL module."""
-        return self.encoder.vil_stages
+        return self.mixer_stages
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """``(B, C_in, *spatial)`` -> logits ``(B, K, *spatial)``, or a list of them under deep supervision."""
-        dim = len(self.total_stride)
-        if x.ndim != dim + 2 or x.shape[1] != self.input_channels:
-            raise ValueError(f"expected input (B, {self.input_channels}, {dim} spatial dims), got {tuple(x.shape)}")
-        if any(n % t for n, t in zip(x.shape[2:], self.total_stride)):
-            raise ValueError(
-                f"input spatial shape {tuple(x.shape[2:])} must be divisible by the total stride {self.total_stride}"
-            )
-        return self.decoder(self.encoder(x))
+    def _mixer_stage_indices(self, n_stages: int, dim: int) -> list[int]:
+        return vil_stage_indices(self.mixer_placement, n_stages, dim)
 
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Voxel count of the stored feature maps for an input of spatial size ``input_size`` (nnU-Net's planner
-        uses it to estimate memory). ViL stages count their output map only (a lower bound)."""
-        if len(input_size) != len(self.total_stride):
-            raise ValueError(
-                f"input_size must be the {len(self.total_stride)} spatial sizes (no batch/channel), got {input_size}"
-            )
-        return self.encoder.compute_conv_feature_map_size(input_size) + self.decoder.compute_conv_feature_map_size(
-            input_size
-        )
-
-    def initialize(self, module: nn.Module) -> None:
-        """nnU-Net's init hook (``network.apply(network.initialize)``): He init for convs and zero-init of the last
-        norm in each residual block, as for ``ResidualEncoderUNet``. Modules inside a ViL stage are left alone:
-        they keep ViLStage's own ``reset_parameters()`` init."""
-        if any(module is m for vil in self._vil_modules() for m in vil.modules()):
-            return
-        InitWeights_He(1e-2)(module)
-        init_last_bn_before_add_to_0(module)
-
-    def _vil_modules(self) -> list[ViLStage]:
-        return [stage.vil for stage in self.encoder.stages if isinstance(stage, ResidualViLStage)]
-
-    def extra_repr(self) -> str:
-        return f"vil_stages={list(self.vil_stages)}, patch_size={self.patch_size}"
+    def _make_mixer(
+        self, stage: int, channels: int, feature_size: tuple[int, ...] | None, spatial_dims: int
+    ) -> ViLStage:
+        return ViLStage(channels, feature_size=feature_size, spatial_dims=spatial_dims, **self.mixer_kwargs)
