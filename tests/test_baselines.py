@@ -22,6 +22,7 @@ from xlstm_unet.baselines import (
     MambaBackend,
     MambaLayer,
     MonaiNetwork,
+    ResidualMambaStage,
     UMambaUNet,
     build_monai_network,
     convert_mamba_state_dict,
@@ -31,6 +32,7 @@ from xlstm_unet.baselines import (
     round_up_patch_size,
 )
 from xlstm_unet.nnunet import baseline_trainers as bt
+from xlstm_unet.networks import ResidualMixerUNet, ResidualViLStage, XLSTMUNet
 from xlstm_unet.nnunet.trainers import nnUNetTrainerRecipe
 
 CPU = torch.device("cpu")
@@ -507,6 +509,30 @@ def test_umamba_unet_rejects_bad_configs():
     net = UMambaUNet(**kw, n_conv_per_stage=1, mamba_kwargs={"d_state": 4, "backend": "mambapy"})
     with pytest.raises(ValueError, match="divisible"):
         net(torch.randn(1, 1, 10, 8))
+
+
+
+def test_umamba_and_xlstm_unet_share_the_residual_mixer_base():
+    """Both are presets of ResidualMixerUNet: outside the mixer (``.mamba`` / ``.vil``, the state-dict names that plans
+    and checkpoints rely on) they are the same residual U-Net, key for key and shape for shape."""
+    kw = dict(input_channels=1, n_stages=3, features_per_stage=[4, 8, 16], conv_op=torch.nn.Conv2d, kernel_sizes=3,
+              strides=[1, 2, 2], num_classes=2, n_conv_per_stage=1, n_conv_per_stage_decoder=1, patch_size=(16, 16))
+    umamba = UMambaUNet(**kw, mamba_kwargs={"d_state": 4, "backend": "mambapy"})
+    xlstm = XLSTMUNet(**kw, vil_placement="bot", vil_kwargs={"num_heads": 2})
+    shapes = {}
+    for net, stage_class, name in ((umamba, ResidualMambaStage, "mamba"), (xlstm, ResidualViLStage, "vil")):
+        assert isinstance(net, ResidualMixerUNet) and net.mixer_stages == (2,)
+        stage = net.encoder.stages[2]
+        assert isinstance(stage, stage_class) and stage.mixer is getattr(stage, name)
+        state = net.state_dict()
+        assert "encoder.stages.2.blocks.blocks.0.conv1.conv.weight" in state
+        assert any(k.startswith(f"encoder.stages.2.{name}.") for k in state)
+        # (UNetResDecoder holds the encoder too: its keys repeat under "decoder.encoder.")
+        shapes[name] = {k: v.shape for k, v in state.items() if f"encoder.stages.2.{name}." not in k}
+    assert shapes["mamba"] == shapes["vil"]
+    assert "encoder.stages.2.mamba.mamba.A_log" in umamba.state_dict()
+    with pytest.raises(NotImplementedError, match="_mixer_stage_indices"):
+        ResidualMixerUNet(**kw)
 
 
 # ------------------------------------------------------------------------------------------------ nnU-Net's loop
