@@ -464,7 +464,8 @@ def test_train_step_benchmark_worker_runs_every_model(dim):
     for model, row in rows.items():
         check_row(row, model, dim)
         with_vil = model not in ("resenc", "resunet")
-        assert row["vil_stages"] == (vil_stage_indices(model, len(config.features), dim) if with_vil else [])
+        placement = "enc" if model == "enc_ckpt" else model  # enc_ckpt: enc with checkpointed ViL stages
+        assert row["vil_stages"] == (vil_stage_indices(placement, len(config.features), dim) if with_vil else [])
         if with_vil:  # the ViL modules add parameters on top of the same residual U-Net
             assert row["params"] > rows["resunet"]["params"]
     assert rows["resunet"]["params"] > rows["resenc"]["params"]  # residual vs plain-conv decoder
