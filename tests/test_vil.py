@@ -102,9 +102,11 @@ def test_segmented_chunk_states_equal_the_loop(segment):
     from xlstm_unet.vil import _chunk_states_loop, _chunk_states_segmented
 
     _, (_, k, v), _, _, vecA, g, amax = _chunked_inputs(S=256, L=8, DH=4, seed=8)
-    ref = _chunk_states_loop(k, v, vecA, g, amax)
-    out = _chunk_states_segmented(k, v, vecA, g, amax, segment)
-    for name, a, b in zip(["C", "n", "m"], out, ref):
+    C, n, m, final = _chunk_states_loop(k, v, vecA, g, amax)
+    ref = [C, n, m, *final]
+    C, n, m, final = _chunk_states_segmented(k, v, vecA, g, amax, segment)
+    out = [C, n, m, *final]
+    for name, a, b in zip(["C", "n", "m", "C_last", "n_last", "m_last"], out, ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
 
 
@@ -116,7 +118,7 @@ def test_chunk_outputs_equal_mlstm_kernels_fw_h():
 
     S, L, DH = 128, 16, 8
     (q, k, v), (qc, kc, vc), vecI, vecB, vecA, g, amax = _chunked_inputs(S=S, L=L, DH=DH, seed=9)
-    C, n, m = _chunk_states_loop(kc, vc, vecA, g, amax)
+    C, n, m, _ = _chunk_states_loop(kc, vc, vecA, g, amax)
     B, NH, NC = C.shape[:3]
     ref, _, _ = mlstm_chunkwise__parallel_fw_H(
         matQ=q, matK=k, matV=v, matC_states=C.reshape(B, NH, NC * DH, DH), vecN_states=n.reshape(B, NH, NC * DH),
@@ -124,6 +126,34 @@ def test_chunk_outputs_equal_mlstm_kernels_fw_h():
     )
     out = _chunk_outputs(qc, kc, vc, C, n, m, vecI, vecB, eps=1e-6).reshape(B, NH, S, DH)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("DH", [16, 64])  # segmented states / loop over chunks
+def test_mlstm_in_parts_with_state_equals_whole(DH):
+    """Processing a sequence in parts (lengths 37, 200, 63: not multiples of the chunk, so padded), each part
+    starting from the previous part's returned state, equals processing it whole: outputs, input gradients, and
+    the final state (vs the whole sequence's)."""
+    inputs = _qkvif(300, torch.float64, seed=11, DH=DH)
+    whole_leaves = [t.clone().requires_grad_(True) for t in inputs]
+    h_whole, state_whole = mlstm(*whole_leaves, backend="chunkwise", return_state=True)
+    part_leaves = [t.clone().requires_grad_(True) for t in inputs]
+    parts, state, start = [], None, 0
+    for length in (37, 200, 63):
+        part = [t[:, :, start:start + length] for t in part_leaves]
+        h, state = mlstm(*part, backend="chunkwise", state=state, return_state=True)
+        parts.append(h)
+        start += length
+    h_parts = torch.cat(parts, 2)
+    torch.testing.assert_close(h_parts, h_whole, rtol=0, atol=1e-10)
+    for a, b in zip(state, state_whole):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    g = torch.randn(h_whole.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    (h_whole * g).sum().backward()
+    (h_parts * g).sum().backward()
+    for name, a, b in zip("qkvif", part_leaves, whole_leaves):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-8, msg=lambda m, n=name: f"d{n}: {m}")
+    with pytest.raises(ValueError, match="need backend 'chunkwise'"):
+        mlstm(*inputs, backend="parallel", return_state=True)
 
 
 @pytest.mark.parametrize("backend", ["parallel", "chunkwise"])
@@ -280,6 +310,33 @@ def test_channel_token_mode():
     assert not ViLStage(16, feature_size=(4, 5)).channel_tokens  # 20 voxels > 16 channels
     assert not ViLStage(16, feature_size=(2, 2), conv_kind="grid").channel_tokens  # grid conv keeps voxel tokens
     assert ViLStage(16, feature_size=(4, 5), channel_tokens=True).blocks[0].dim == 20
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_block_in_pieces_equals_one_piece(reverse):
+    """A long sequence processed in 1024-token pieces with the layer state carried (the CPU default for long
+    sequences) equals one piece: outputs and the gradients of the input and every parameter (float64)."""
+    torch.manual_seed(0)
+    whole = ViLBlock(8, reverse=reverse, backend="chunkwise", piece_bytes=None).double()
+    pieces = ViLBlock(8, reverse=reverse, backend="chunkwise", piece_bytes=1).double()  # 1024-token pieces
+    pieces.load_state_dict(whole.state_dict())
+    x = torch.randn(2, 2500, 8, dtype=torch.float64)  # 1024 + 1024 + 452 tokens
+    assert whole.piece_tokens(x) is None and pieces.piece_tokens(x) == 1024
+    results = []
+    for block in (whole, pieces):
+        xi = x.clone().requires_grad_(True)
+        y = block(xi)
+        y.square().sum().backward()
+        results.append((y.detach(), xi.grad, [p.grad for p in block.parameters()]))
+    (y0, gx0, gp0), (y1, gx1, gp1) = results
+    torch.testing.assert_close(y1, y0, rtol=0, atol=1e-10)
+    torch.testing.assert_close(gx1, gx0, rtol=0, atol=1e-8)
+    for a, b in zip(gp1, gp0):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+    assert ViLBlock(8, backend="parallel", piece_bytes=1).piece_tokens(x) is None
+    assert ViLBlock(8, conv_kind="grid", spatial_dims=1, piece_bytes=1).piece_tokens(x) is None
+    with pytest.raises(ValueError, match="piece_bytes"):
+        ViLBlock(8, piece_bytes=0)
 
 
 def _saved_numel(fn) -> int:
