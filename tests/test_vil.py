@@ -312,34 +312,7 @@ def test_channel_token_mode():
     assert ViLStage(16, feature_size=(4, 5), channel_tokens=True).blocks[0].dim == 20
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_block_in_pieces_equals_one_piece(reverse):
-    """A long sequence processed in 1024-token pieces with the layer state carried (the CPU default for long
-    sequences) equals one piece: outputs and the gradients of the input and every parameter (float64)."""
-    torch.manual_seed(0)
-    whole = ViLBlock(8, reverse=reverse, backend="chunkwise", piece_bytes=None).double()
-    pieces = ViLBlock(8, reverse=reverse, backend="chunkwise", piece_bytes=1).double()  # 1024-token pieces
-    pieces.load_state_dict(whole.state_dict())
-    x = torch.randn(2, 2500, 8, dtype=torch.float64)  # 1024 + 1024 + 452 tokens
-    assert whole.piece_tokens(x) is None and pieces.piece_tokens(x) == 1024
-    results = []
-    for block in (whole, pieces):
-        xi = x.clone().requires_grad_(True)
-        y = block(xi)
-        y.square().sum().backward()
-        results.append((y.detach(), xi.grad, [p.grad for p in block.parameters()]))
-    (y0, gx0, gp0), (y1, gx1, gp1) = results
-    torch.testing.assert_close(y1, y0, rtol=0, atol=1e-10)
-    torch.testing.assert_close(gx1, gx0, rtol=0, atol=1e-8)
-    for a, b in zip(gp1, gp0):
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
-    assert ViLBlock(8, backend="parallel", piece_bytes=1).piece_tokens(x) is None
-    assert ViLBlock(8, conv_kind="grid", spatial_dims=1, piece_bytes=1).piece_tokens(x) is None
-    with pytest.raises(ValueError, match="piece_bytes"):
-        ViLBlock(8, piece_bytes=0)
-
-
-def _saved_numel(fn) -> int:
+def _saved_numel(fn) -> tuple[torch.Tensor, int]:
     """Elements that autograd saves for backward while ``fn()`` runs (packed by an outer saved-tensors hook)."""
     total = 0
 
@@ -351,6 +324,37 @@ def _saved_numel(fn) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = fn()
     return out, total
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_block_in_pieces_equals_one_piece(reverse, checkpoint):
+    """A long sequence processed in 1024-token pieces with the layer state carried (the CPU default for long
+    sequences), with or without checkpointing each piece, equals one piece: outputs and the gradients of the input
+    and every parameter (float64)."""
+    torch.manual_seed(0)
+    whole = ViLBlock(8, reverse=reverse, backend="chunkwise", piece_bytes=None).double()
+    pieces = ViLBlock(8, reverse=reverse, backend="chunkwise", piece_bytes=1, checkpoint=checkpoint).double()
+    pieces.load_state_dict(whole.state_dict())
+    x = torch.randn(2, 2500, 8, dtype=torch.float64)  # 1024 + 1024 + 452 tokens
+    assert whole.piece_tokens(x) is None and pieces.piece_tokens(x) == 1024
+    results = []
+    for block in (whole, pieces):
+        xi = x.clone().requires_grad_(True)
+        y, saved = _saved_numel(lambda b=block, xi=xi: b(xi))
+        y.square().sum().backward()
+        results.append((y.detach(), xi.grad, [p.grad for p in block.parameters()], saved))
+    (y0, gx0, gp0, saved0), (y1, gx1, gp1, saved1) = results
+    if checkpoint:  # only the pieces and the states between them are kept
+        assert saved1 * 10 < saved0, (saved1, saved0)
+    torch.testing.assert_close(y1, y0, rtol=0, atol=1e-10)
+    torch.testing.assert_close(gx1, gx0, rtol=0, atol=1e-8)
+    for a, b in zip(gp1, gp0):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+    assert ViLBlock(8, backend="parallel", piece_bytes=1).piece_tokens(x) is None
+    assert ViLBlock(8, conv_kind="grid", spatial_dims=1, piece_bytes=1).piece_tokens(x) is None
+    with pytest.raises(ValueError, match="piece_bytes"):
+        ViLBlock(8, piece_bytes=0)
 
 
 @pytest.mark.parametrize("feature_size", [(12, 10), (2, 2, 3)])  # patch tokens, channel tokens

@@ -729,19 +729,32 @@ class ViLBlock(nn.Module):
             piece (to rounding). Smaller temporaries are recycled by the C allocator instead of being mapped fresh
             from the OS for every operation, which otherwise dominates on CPU at long sequences. Default 16 MiB;
             ``None`` disables it. Not used with ``conv_kind="grid"``, the ``parallel`` backend or on GPU.
+        checkpoint: gradient checkpointing (default ``False``): keep only the block's input (per piece: the piece
+            and the state entering it) for backward and recompute the rest there (``torch.utils.checkpoint``,
+            non-reentrant). Trades about one extra forward for the block's activation memory; with pieces, the
+            memory of one piece's recomputation is all that is added.
         **layer_kwargs: keyword arguments of :class:`ViLLayer` (expansion, num_heads, qkv_block_size, conv_kind,
             spatial_dims, backend, chunk_size).
 
     The norm is ``xlstm``'s LayerNorm without bias (weight stored as a residual around 1), as Vision-LSTM.
     """
 
-    def __init__(self, dim: int, *, reverse: bool = False, piece_bytes: int | None = 2**24, **layer_kwargs) -> None:
+    def __init__(
+        self,
+        dim: int,
+        *,
+        reverse: bool = False,
+        piece_bytes: int | None = 2**24,
+        checkpoint: bool = False,
+        **layer_kwargs,
+    ) -> None:
         super().__init__()
         if piece_bytes is not None and (isinstance(piece_bytes, bool) or piece_bytes < 1):
             raise ValueError(f"piece_bytes must be a positive int or None, got {piece_bytes!r}")
         self.dim = dim
         self.reverse = bool(reverse)
         self.piece_bytes = piece_bytes
+        self.checkpoint = bool(checkpoint)
         self.norm = LayerNorm(ndim=dim, weight=True, bias=False)
         self.layer = ViLLayer(dim, **layer_kwargs)
 
@@ -767,26 +780,43 @@ class ViLBlock(nn.Module):
         With ``reverse``, flipping the sequence flips every spatial axis of the grid, so ``spatial_shape`` stays.
         """
         piece = self.piece_tokens(x)
+        checkpointed = self.checkpoint and torch.is_grad_enabled()
         if piece is None:
-            y = self.norm(x)  # (B, S, D)
-            if self.reverse:
-                y = self.layer(y.flip(1), spatial_shape).flip(1)
-            else:
-                y = self.layer(y, spatial_shape)
-            return x + y
+            if checkpointed:
+                return torch.utils.checkpoint.checkpoint(self._whole, x, spatial_shape, use_reentrant=False)
+            return self._whole(x, spatial_shape)
         # pieces in processing order (from the end when reversed): full pieces first, the remainder last
         S = x.shape[1]
         sizes = [piece] * (S // piece) + ([S % piece] if S % piece else [])
         pieces = x.split(sizes[::-1], dim=1)[::-1] if self.reverse else x.split(sizes, dim=1)
         outputs, state = [], None
         for part in pieces:  # (B, P, D)
-            y = self.norm(part)
-            y, state = self.layer.forward_with_state(y.flip(1) if self.reverse else y, state=state, return_state=True)
-            outputs.append(part + (y.flip(1) if self.reverse else y))
+            if checkpointed:
+                y, state = torch.utils.checkpoint.checkpoint(self._piece, part, state, use_reentrant=False)
+            else:
+                y, state = self._piece(part, state)
+            outputs.append(y)
         return torch.cat(outputs[::-1] if self.reverse else outputs, dim=1)  # (B, S, D)
 
+    def _whole(self, x: torch.Tensor, spatial_shape: Sequence[int] | None) -> torch.Tensor:
+        """The block on the whole sequence ``(B, S, D)``."""
+        y = self.norm(x)  # (B, S, D)
+        if self.reverse:
+            y = self.layer(y.flip(1), spatial_shape).flip(1)
+        else:
+            y = self.layer(y, spatial_shape)
+        return x + y
+
+    def _piece(self, part: torch.Tensor, state: ViLLayerState | None) -> tuple[torch.Tensor, ViLLayerState]:
+        """The block on one piece ``(B, P, D)`` in processing order, from the layer state before it."""
+        y = self.norm(part)
+        y, state = self.layer.forward_with_state(y.flip(1) if self.reverse else y, state=state, return_state=True)
+        return part + (y.flip(1) if self.reverse else y), state
+
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, reverse={self.reverse}, piece_bytes={self.piece_bytes}"
+        return (
+            f"dim={self.dim}, reverse={self.reverse}, piece_bytes={self.piece_bytes}, checkpoint={self.checkpoint}"
+        )
 
 
 class ViLStage(nn.Module):
@@ -818,9 +848,9 @@ class ViLStage(nn.Module):
         channel_tokens: ``True``/``False`` to force a token mode; ``None`` (default) = auto, see above.
         spatial_dims: number of spatial dims, needed for ``conv_kind="grid"`` when ``feature_size`` is ``None``.
         piece_bytes: CPU piece size of long sequences, see :class:`ViLBlock` (default 16 MiB; ``None``: off).
-        checkpoint: gradient checkpointing (default ``False``): keep only the stage's input for backward and
-            recompute its blocks there (``torch.utils.checkpoint``, non-reentrant). Trades about one extra forward
-            of the stage for its activation memory, which dominates at the full-resolution stages.
+        checkpoint: gradient checkpointing of every block (default ``False``; see :class:`ViLBlock`): trades about
+            one extra forward of the stage for its activation memory, which dominates at the full-resolution
+            stages.
 
     Raises:
         ValueError: on invalid options, channel tokens without ``feature_size`` or with ``grid`` conv, ``grid`` conv
@@ -893,6 +923,7 @@ class ViLStage(nn.Module):
                 dim,
                 reverse=reverse,
                 piece_bytes=piece_bytes,
+                checkpoint=checkpoint,
                 expansion=expansion,
                 num_heads=num_heads,
                 conv_kind=conv,
@@ -917,13 +948,6 @@ class ViLStage(nn.Module):
             raise ValueError(
                 f"channel-token mode was built for spatial size {self.feature_size}, got {tuple(spatial)}"
             )
-        if self.checkpoint and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(self._blocks_forward, x, use_reentrant=False)
-        return self._blocks_forward(x)
-
-    def _blocks_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The stage on a validated ``(B, C, *spatial)`` input."""
-        B, C, *spatial = x.shape
         if self.channel_tokens:
             tokens = x.flatten(2)  # (B, C, *spatial) -> (B, S=C, D=N)
             for block in self.blocks:
