@@ -358,6 +358,11 @@ def _chunkwise_native(
     return h.reshape(B, NH, S, DHV), final
 
 
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the mLSTM computes in for input ``t``: float64 for float64, else float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _resolve_backend(backend: str | MLSTMBackend, device: torch.device, dtype: torch.dtype) -> MLSTMBackend:
     choice = _enum(MLSTMBackend, backend, "backend")
     if choice is MLSTMBackend.AUTO:
@@ -427,7 +432,7 @@ def mlstm(
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
 
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dtype = _compute_dtype(q)
     choice = _resolve_backend(backend, q.device, dtype)
     if (state is not None or return_state) and choice is not MLSTMBackend.CHUNKWISE:
         raise ValueError(f"state and return_state need backend 'chunkwise', got {choice.value!r}")
@@ -540,7 +545,7 @@ class MLSTMCell(nn.Module):
         ``return_state`` the result is ``(h, state)``.
         """
         B, S, _ = q.shape
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        dtype = _compute_dtype(q)
         with torch.autocast(device_type=q.device.type, enabled=False):
             q, k, v = (t.to(dtype) for t in (q, k, v))
             # igate/fgate(concat(q, k, v)) as one (2 NH, 3 DI) weight split by input block: no (B, S, 3 DI) concat
@@ -767,8 +772,7 @@ class ViLBlock(nn.Module):
         """Tokens per piece for the input ``x`` ``(B, S, D)``, or ``None`` when it is processed in one piece."""
         if self.piece_bytes is None or x.device.type != "cpu" or self.layer.conv_kind is not ConvKind.CAUSAL1D:
             return None
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        if _resolve_backend(self.layer.mlstm_cell.backend, x.device, dtype) is not MLSTMBackend.CHUNKWISE:
+        if _resolve_backend(self.layer.mlstm_cell.backend, x.device, _compute_dtype(x)) is not MLSTMBackend.CHUNKWISE:
             return None
         bytes_per_token = x.shape[0] * 2 * self.layer.inner_dim * 4
         piece = max(1024, self.piece_bytes // bytes_per_token // 1024 * 1024)
@@ -912,7 +916,6 @@ class ViLStage(nn.Module):
             if conv is ConvKind.GRID:
                 raise ValueError("channel_tokens=True cannot use conv_kind='grid': channel tokens have no grid")
         self.channel_tokens = bool(channel_tokens)
-        self.checkpoint = bool(checkpoint)
         if conv is ConvKind.GRID and spatial_dims is None:
             raise ValueError("conv_kind='grid' needs feature_size or spatial_dims to build its Conv{1,2,3}d")
 
@@ -944,11 +947,11 @@ class ViLStage(nn.Module):
         if x.dim() < 3 or x.shape[1] != self.channels:
             raise ValueError(f"expected (B, C={self.channels}, *spatial), got {tuple(x.shape)}")
         B, C, *spatial = x.shape
-        if self.channel_tokens and tuple(spatial) != self.feature_size:
-            raise ValueError(
-                f"channel-token mode was built for spatial size {self.feature_size}, got {tuple(spatial)}"
-            )
         if self.channel_tokens:
+            if tuple(spatial) != self.feature_size:
+                raise ValueError(
+                    f"channel-token mode was built for spatial size {self.feature_size}, got {tuple(spatial)}"
+                )
             tokens = x.flatten(2)  # (B, C, *spatial) -> (B, S=C, D=N)
             for block in self.blocks:
                 tokens = block(tokens)
@@ -957,6 +960,11 @@ class ViLStage(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, spatial)
         return tokens.transpose(1, 2).reshape(B, C, *spatial)  # (B, N, C) -> (B, C, *spatial)
+
+    @property
+    def checkpoint(self) -> bool:
+        """Whether the blocks use gradient checkpointing (the ``checkpoint`` argument)."""
+        return self.blocks[0].checkpoint
 
     def extra_repr(self) -> str:
         return (
