@@ -326,6 +326,22 @@ def _saved_numel(fn) -> tuple[torch.Tensor, int]:
     return out, total
 
 
+def test_chunkwise_recomputes_its_within_chunk_matrices():
+    """The chunkwise mLSTM keeps its within-chunk L x L intermediates out of the saved activations (recomputed in
+    backward): at DH = L = 16 each of them is as large as q; keeping them saved ~14x q's bytes, now < 10x."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    q, k, v, i, f = (t.requires_grad_(True) for t in _qkvif(4096, torch.float32, DH=16))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        mlstm(q, k, v, i, f, backend="chunkwise")
+    ratio = sum(storages.values()) / (q.numel() * q.element_size())
+    assert 3 < ratio < 10, ratio
+
+
 @pytest.mark.parametrize("checkpoint", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_block_in_pieces_equals_one_piece(reverse, checkpoint):
@@ -379,6 +395,59 @@ def test_checkpointed_stage_equals_plain_and_saves_less(feature_size):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
     assert saved1 * 10 < saved0, (saved1, saved0)
     assert "checkpoint=True" in repr(ckpt)
+
+
+def _reference_layer(layer: ViLLayer, x: torch.Tensor) -> torch.Tensor:
+    """The ViL layer composed plainly from its ``xlstm`` modules: headwise q/k/v einsums, ``igate``/``fgate`` on
+    ``concat(q, k, v)``, the official parallel mLSTM form, ``MultiHeadLayerNorm`` (group norm)."""
+    from xlstm.blocks.mlstm.backends import parallel_stabilized_simple
+
+    x_mlstm, z = layer.proj_up(x).chunk(2, dim=-1)
+    x_conv = torch.nn.functional.silu(layer.conv(x_mlstm))
+    q, k, v = layer.q_proj(x_conv), layer.k_proj(x_conv), layer.v_proj(x_mlstm)
+    cell = layer.mlstm_cell
+    qkv = torch.cat([q, k, v], dim=-1)
+    i, f = cell.igate(qkv).transpose(1, 2)[..., None], cell.fgate(qkv).transpose(1, 2)[..., None]
+    B, S, DI = q.shape
+    heads = [t.view(B, S, cell.num_heads, -1).transpose(1, 2) for t in (q, k, v)]
+    h = cell.outnorm(parallel_stabilized_simple(*heads, i, f)).transpose(1, 2).reshape(B, S, DI)
+    return layer.proj_down((h + layer.learnable_skip * x_conv) * torch.nn.functional.silu(z))
+
+
+@pytest.mark.parametrize("dim", [16, 32, 96])  # DI 32 and 64: dense q/k/v with folded gates; DI 192: headwise
+@pytest.mark.parametrize("fold", [True, False])
+def test_layer_equals_its_plain_composition(dim, fold, monkeypatch):
+    """Our layer (dense block-diagonal q/k/v for small DI, with the gates folded in or not, per-head LayerNorm,
+    chunkwise mLSTM) equals the plain composition of its modules in value and parameter gradients (float64)."""
+    import xlstm_unet.vil as vil
+
+    monkeypatch.setattr(vil, "_fold_gates", lambda x: fold)
+    torch.manual_seed(0)
+    layer = ViLLayer(dim, backend="chunkwise").double()
+    with torch.no_grad():
+        for param in layer.parameters():  # the init zeroes the gate weights and the norm: randomise everything
+            param.normal_(0.0, 0.3)
+    x = torch.randn(2, 70, dim, dtype=torch.float64)
+    g = torch.randn(2, 70, dim, dtype=torch.float64)
+    grads = []
+    for fn in (layer, lambda t: _reference_layer(layer, t)):
+        layer.zero_grad()
+        y = fn(x)
+        (y * g).sum().backward()
+        grads.append((y.detach(), {n: p.grad.clone() for n, p in layer.named_parameters()}))
+    (y, dy), (y_ref, dy_ref) = grads
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
+    for name in dy_ref:
+        torch.testing.assert_close(dy[name], dy_ref[name], rtol=1e-8, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_gates_are_folded_only_without_autocast():
+    from xlstm_unet.vil import _fold_gates
+
+    x = torch.zeros(1, 2, 3)
+    assert _fold_gates(x) and _fold_gates(x.double()) and not _fold_gates(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not _fold_gates(x)
 
 
 def test_bf16_autocast_on_cpu_is_finite():
