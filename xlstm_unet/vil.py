@@ -35,7 +35,8 @@ bwd, 2 CPU cores): the 32-channel 256x256 stage 3.5 s -> 1.5 s, the 32-channel 3
 Further CPU-minded details, each with the values of the plain composition (tested against it): for DI <= 128 the
 block-diagonal q/k/v projections run as dense matmuls with the gates' projection folded in; the multi-head
 LayerNorm runs as a LayerNorm over DH; the chunkwise kernel recomputes its within-chunk L x L matrices in backward
-instead of saving them (saved activations of the 32-channel 256x256 stage: 973 -> 675 MB, at no measurable time).
+instead of saving them where L >= DH (saved activations of the 32-channel 256x256 stage: 973 -> 675 MB, at no
+measurable time there; about 10% of the stage's time at 64 channels in 3D).
 
 Conventions:
     - Tokens are the voxels in row-major (C-order) flattening of ``*spatial``, i.e. rows from the top-left.
@@ -362,8 +363,11 @@ def _chunkwise_native(
         C, n, m, final = _chunk_states_loop(k, v, vecA, g, amax, state)
     else:
         C, n, m, final = _chunk_states_segmented(k, v, vecA, g, amax, segment, state)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, i, f)):
-        # recomputed in backward: its L x L intermediates would be most of the saved memory (the inputs are kept)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, i, f))
+    if grad and L >= DH:
+        # recomputed in backward: with L >= DH its L x L intermediates, each at least as large as q, would be most
+        # of the saved memory. Measured on CPU (fwd + bwd, 64 channels, 32x48x48, DH = L = 32): +10% time, -1.1 GB
+        # peak RSS; for DH = 128 > L = 64 it cost ~15% time for -9% memory, so large heads keep them.
         h = torch.utils.checkpoint.checkpoint(
             _chunk_outputs, q, k, v, C, n, m, vecI, vecB, eps=eps, use_reentrant=False
         )  # (B, NH, NC, L, DHV)
