@@ -367,7 +367,8 @@ def _chunkwise_native(
     if grad and L >= DH:
         # recomputed in backward: with L >= DH its L x L intermediates, each at least as large as q, would be most
         # of the saved memory. Measured on CPU (fwd + bwd, 64 channels, 32x48x48, DH = L = 32): +10% time, -1.1 GB
-        # peak RSS; for DH = 128 > L = 64 it cost ~15% time for -9% memory, so large heads keep them.
+        # peak RSS; for DH = 128 > L = 64 (the C = 256 block of benchmarks/vil_scaling.py) it cost up to 15% time
+        # (S = 4096: 0.84 -> 0.97 s, in two benchmark runs) for -9% memory, so large heads keep them.
         h = torch.utils.checkpoint.checkpoint(
             _chunk_outputs, q, k, v, C, n, m, vecI, vecB, eps=eps, use_reentrant=False
         )  # (B, NH, NC, L, DHV)
