@@ -363,18 +363,21 @@ def _chunkwise_native(
         C, n, m, final = _chunk_states_loop(k, v, vecA, g, amax, state)
     else:
         C, n, m, final = _chunk_states_segmented(k, v, vecA, g, amax, segment, state)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, i, f))
-    if grad and L >= DH:
-        # recomputed in backward: with L >= DH its L x L intermediates, each at least as large as q, would be most
-        # of the saved memory. Measured on CPU (fwd + bwd, 64 channels, 32x48x48, DH = L = 32): +10% time, -1.1 GB
-        # peak RSS; for DH = 128 > L = 64 (the C = 256 block of benchmarks/vil_scaling.py) it cost up to 15% time
-        # (S = 4096: 0.84 -> 0.97 s, in two benchmark runs) for -9% memory, so large heads keep them.
-        h = torch.utils.checkpoint.checkpoint(
-            _chunk_outputs, q, k, v, C, n, m, vecI, vecB, eps=eps, use_reentrant=False
-        )  # (B, NH, NC, L, DHV)
-    else:
-        h = _chunk_outputs(q, k, v, C, n, m, vecI, vecB, eps=eps)  # (B, NH, NC, L, DHV)
+    # Recomputed in backward where L >= DH: its L x L intermediates, each at least as large as q, would be most of
+    # the saved memory. Measured on CPU (fwd + bwd, 64 channels, 32x48x48, DH = L = 32): +10% time, -1.1 GB peak
+    # RSS; for DH = 128 > L = 64 (the C = 256 block of benchmarks/vil_scaling.py) it cost up to 15% time (S = 4096:
+    # 0.84 -> 0.97 s, in two benchmark runs) for -9% memory, so large heads keep them.
+    recompute = L >= DH and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, i, f))
+    h = _maybe_checkpoint(recompute, _chunk_outputs, q, k, v, C, n, m, vecI, vecB, eps=eps)  # (B, NH, NC, L, DHV)
     return h.reshape(B, NH, S, DHV), final
+
+
+def _maybe_checkpoint(enabled: bool, fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)``, under gradient checkpointing (``torch.utils.checkpoint``, non-reentrant: only
+    the inputs are saved, ``fn`` runs again in backward) when ``enabled``."""
+    if enabled:
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
+    return fn(*args, **kwargs)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -853,19 +856,14 @@ class ViLBlock(nn.Module):
         piece = self.piece_tokens(x)
         checkpointed = self.checkpoint and torch.is_grad_enabled()
         if piece is None:
-            if checkpointed:
-                return torch.utils.checkpoint.checkpoint(self._whole, x, spatial_shape, use_reentrant=False)
-            return self._whole(x, spatial_shape)
+            return _maybe_checkpoint(checkpointed, self._whole, x, spatial_shape)
         # pieces in processing order (from the end when reversed): full pieces first, the remainder last
         S = x.shape[1]
         sizes = [piece] * (S // piece) + ([S % piece] if S % piece else [])
         pieces = x.split(sizes[::-1], dim=1)[::-1] if self.reverse else x.split(sizes, dim=1)
         outputs, state = [], None
         for part in pieces:  # (B, P, D)
-            if checkpointed:
-                y, state = torch.utils.checkpoint.checkpoint(self._piece, part, state, use_reentrant=False)
-            else:
-                y, state = self._piece(part, state)
+            y, state = _maybe_checkpoint(checkpointed, self._piece, part, state)
             outputs.append(y)
         return torch.cat(outputs[::-1] if self.reverse else outputs, dim=1)  # (B, S, D)
 
