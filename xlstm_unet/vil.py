@@ -358,7 +358,10 @@ def _chunkwise_native(
     vecB = F.logsigmoid(f).view(B, NH, NC, L).cumsum(-1)  # (B, NH, NC, L)
     vecA = vecB[..., -1:] - vecB + vecI  # (B, NH, NC, L)
     g, amax = vecB[..., -1], vecA.amax(-1)  # (B, NH, NC)
-    q, k, v = q.view(B, NH, NC, L, DH), k.view(B, NH, NC, L, DH), v.view(B, NH, NC, L, DHV)
+    # one copy each into (B, NH, S, DH) order: the (B, NH, NC) batches of every matmul below are then views, which
+    # matmul would otherwise copy for each product anew (q and k come as strided views of the projections' output);
+    # 3D 32-channel stage, fwd: 2.0 -> 1.8 s
+    q, k, v = (t.contiguous().view(B, NH, NC, L, t.shape[-1]) for t in (q, k, v))
     if segment == 1:
         C, n, m, final = _chunk_states_loop(k, v, vecA, g, amax, state)
     else:
