@@ -36,7 +36,10 @@ Further CPU-minded details, each with the values of the plain composition (teste
 block-diagonal q/k/v projections run as dense matmuls with the gates' projection folded in; the multi-head
 LayerNorm runs as a LayerNorm over DH; the chunkwise kernel recomputes its within-chunk L x L matrices in backward
 instead of saving them where L >= DH (saved activations of the 32-channel 256x256 stage: 973 -> 675 MB, at no
-measurable time there; about 10% of the stage's time at 64 channels in 3D).
+measurable time there; about 10% of the stage's time at 64 channels in 3D); q/k/v enter the kernel contiguous; the
+layer's output (norm, skip, gate) is one autograd node that saves only the mLSTM output (:class:`_GatedOutput`).
+Together the last two: saved activations of the 32-channel 32x96x96 stage 3.07 -> 1.76 GB; 3D enc train step
+47.5 s / 12.3 GB -> 42.0 s / 10.4 GB in one sitting.
 
 Conventions:
     - Tokens are the voxels in row-major (C-order) flattening of ``*spatial``, i.e. rows from the top-left.
@@ -369,7 +372,8 @@ def _chunkwise_native(
     # Recomputed in backward where L >= DH: its L x L intermediates, each at least as large as q, would be most of
     # the saved memory. Measured on CPU (fwd + bwd, 64 channels, 32x48x48, DH = L = 32): +10% time, -1.1 GB peak
     # RSS; for DH = 128 > L = 64 (the C = 256 block of benchmarks/vil_scaling.py) it cost up to 15% time (S = 4096:
-    # 0.84 -> 0.97 s, in two benchmark runs) for -9% memory, so large heads keep them.
+    # 0.84 -> 0.97 s, in two benchmark runs) for -9% memory, so large heads keep them. Recomputing the chunk states
+    # too (checkpointing the whole kernel) was measured in the 3D enc train step: -12% peak RSS, +11% time; not done.
     recompute = L >= DH and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, i, f))
     h = _maybe_checkpoint(recompute, _chunk_outputs, q, k, v, C, n, m, vecI, vecB, eps=eps)  # (B, NH, NC, L, DHV)
     return h.reshape(B, NH, S, DHV), final
@@ -572,6 +576,26 @@ class MLSTMCell(nn.Module):
         gates first, bias included) when the caller computed them (:meth:`ViLLayer.forward_with_state` folds them
         into its projections); ``None``: computed here from ``concat(q, k, v)``.
         """
+        h, state = self.hidden(q, k, v, state, return_state, gates)  # (B, NH, S, DH)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            # the multi-head LayerNorm (xlstm's MultiHeadLayerNorm: group norm with NH groups on (B S, NH DH)) as a
+            # LayerNorm over DH in place, then the weight on (B, S, DI): same values, no transposed copy before it
+            h = F.layer_norm(h.to(self.outnorm.weight.dtype), (h.shape[-1],), eps=self.outnorm.eps)  # (B, NH, S, DH)
+            h = h.transpose(1, 2).flatten(2)  # (B, NH, S, DH) -> (B, S, NH, DH) -> (B, S, DI)
+            h = h * self.outnorm.weight_proxy  # (B, S, DI)
+        return (h, state) if return_state else h
+
+    def hidden(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        state: MLSTMState | None = None,
+        return_state: bool = False,
+        gates: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, MLSTMState | None]:
+        """:meth:`forward` before the output norm: the mLSTM's ``h`` ``(B, NH, S, DH)`` (float32, or float64 for
+        float64 input) and the state after the sequence (``None`` unless ``return_state``)."""
         B, S, _ = q.shape
         dtype = _compute_dtype(q)
         with torch.autocast(device_type=q.device.type, enabled=False):
@@ -585,14 +609,7 @@ class MLSTMCell(nn.Module):
             h = mlstm(  # (B, NH, S, DH)[, state]
                 q, k, v, i, f, backend=self.backend, chunk_size=self.chunk_size, state=state, return_state=return_state
             )
-            if return_state:
-                h, state = h
-            # the multi-head LayerNorm (xlstm's MultiHeadLayerNorm: group norm with NH groups on (B S, NH DH)) as a
-            # LayerNorm over DH in place, then the weight on (B, S, DI): same values, no transposed copy before it
-            h = F.layer_norm(h.to(self.outnorm.weight.dtype), (h.shape[-1],), eps=self.outnorm.eps)  # (B, NH, S, DH)
-            h = h.transpose(1, 2).reshape(B, S, self.dim)  # (B, NH, S, DH) -> (B, S, NH, DH) -> (B, S, DI)
-            h = h * self.outnorm.weight_proxy  # (B, S, DI)
-            return (h, state) if return_state else h
+        return h if return_state else (h, None)
 
     def gate_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The gates' linear map on ``concat(q, k, v)`` split by input block: ``w_q, w_k, w_v`` ``(2 NH, DI)`` and
@@ -732,11 +749,10 @@ class ViLLayer(nn.Module):
             x_conv = self._conv(x_mlstm, spatial_shape)  # (B, S, DI)
         x_conv = F.silu(x_conv)
         q, k, v, gates = self._qkv_gates(x_conv, x_mlstm)  # 3 x (B, S, DI), (B, S, 2 NH) or None
-        if stateful:
-            h, mlstm_state = self.mlstm_cell(q, k, v, mlstm_state, return_state=True, gates=gates)  # (B, S, DI)
-        else:
-            h = self.mlstm_cell(q, k, v, gates=gates)  # (B, S, DI), float32
-        h = (h + self.learnable_skip * x_conv) * F.silu(z)  # (B, S, DI)
+        h, mlstm_state = self.mlstm_cell.hidden(q, k, v, mlstm_state, stateful, gates)  # (B, NH, S, DH), float32
+        # (norm(h) + learnable_skip * x_conv) * silu(z), (B, S, DI), in one autograd node (see _GatedOutput)
+        norm = self.mlstm_cell.outnorm
+        h = _GatedOutput.apply(h, norm.weight_proxy, self.learnable_skip, x_conv, z, norm.eps)
         return self.proj_down(h), ((conv_state, mlstm_state) if return_state else None)  # (B, S, D)
 
     def _qkv_gates(
@@ -765,6 +781,54 @@ class ViLLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, inner_dim={self.inner_dim}, conv_kind={self.conv_kind.value}"
+
+
+class _GatedOutput(torch.autograd.Function):
+    """The ViL layer's output before ``proj_down``: ``(LN(h) * w + skip * x_conv) * silu(z)``, ``(B, S, DI)``.
+
+    ``h`` ``(B, NH, S, DH)`` is the mLSTM output, ``LN`` the LayerNorm over DH without affine (eps 1e-5, xlstm's
+    MultiHeadLayerNorm), ``w`` its weight ``(DI,)``; ``skip`` ``(DI,)``, ``x_conv`` and ``z`` ``(B, S, DI)``. Computed
+    in ``h``'s dtype (float32, or float64). Autograd would save five ``(B, S, DI)`` intermediates (the normalised
+    ``h`` twice, the sum, ``silu(z)``, the product); this node saves ``h`` and the LayerNorm statistics (``x_conv``
+    and ``z`` are saved by their other consumers anyway) and recomputes the rest in backward. Same values as the
+    composition of those ops (tested, with ``gradcheck``).
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, skip, x_conv, z, eps):
+        B, NH, S, DH = h.shape
+        normed, mean, rstd = torch.native_layer_norm(h, (DH,), None, None, eps)  # (B, NH, S, DH)
+        out = normed.transpose(1, 2).reshape(B, S, NH * DH) * weight.to(h.dtype)  # (B, S, DI)
+        out += skip.to(h.dtype) * x_conv
+        out *= F.silu(z)
+        ctx.save_for_backward(h, mean, rstd, weight, skip, x_conv, z)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, mean, rstd, weight_in, skip_in, x_conv_in, z_in = ctx.saved_tensors  # read once (checkpoint rule)
+        B, NH, S, DH = h.shape
+        weight, skip, x_conv, z = (t.to(h.dtype) for t in (weight_in, skip_in, x_conv_in, z_in))
+        normed = ((h - mean) * rstd).transpose(1, 2).reshape(B, S, NH * DH)  # (B, S, DI)
+        sig = torch.sigmoid(z)
+        grad_a = grad * (z * sig)  # d out / d (normed w + skip x_conv) = silu(z)
+        a = torch.addcmul(skip * x_conv, normed, weight)  # normed w + skip x_conv
+        grad_z = grad * a * (sig * (1 + z * (1 - sig)))  # silu'(z) = sig (1 + z (1 - sig))
+        reduce = tuple(range(grad.dim() - 1))
+        grad_weight = (grad_a * normed).sum(reduce)
+        grad_skip = (grad_a * x_conv).sum(reduce)
+        grad_normed = (grad_a * weight).view(B, S, NH, DH).transpose(1, 2)  # (B, NH, S, DH)
+        grad_h = torch.ops.aten.native_layer_norm_backward(
+            grad_normed, h, (DH,), mean, rstd, None, None, (True, False, False)
+        )[0]
+        return (
+            grad_h,
+            grad_weight.to(weight_in.dtype),
+            grad_skip.to(skip_in.dtype),
+            (grad_a * skip).to(x_conv_in.dtype),
+            grad_z.to(z_in.dtype),
+            None,
+        )
 
 
 def _fold_gates(x: torch.Tensor) -> bool:
