@@ -747,7 +747,11 @@ class ViLLayer(nn.Module):
             x_conv, conv_state = self.conv(x_mlstm, conv_state=conv_state, return_last_state=True)  # (B, S, DI)
         else:
             x_conv = self._conv(x_mlstm, spatial_shape)  # (B, S, DI)
-        x_conv = F.silu(x_conv)
+        # the convs compute channels-first, (B, DI, S); their (B, S, DI) views would carry that layout through every
+        # elementwise op after them, against the (B, S, DI) layout of all else (strided loops): one copy instead.
+        # Measured (fwd + bwd, min of 3 in 2 alternations): 32-channel 32x96x96 stage 6.2 / 5.8 s -> 5.3 / 4.9 s,
+        # 32-channel 256x256 stage 1.36 / 1.29 s -> 1.22 / 1.19 s.
+        x_conv = F.silu(x_conv.contiguous())  # (B, S, DI)
         q, k, v, gates = self._qkv_gates(x_conv, x_mlstm)  # 3 x (B, S, DI), (B, S, 2 NH) or None
         h, mlstm_state = self.mlstm_cell.hidden(q, k, v, mlstm_state, stateful, gates)  # (B, NH, S, DH), float32
         # (norm(h) + learnable_skip * x_conv) * silu(z), (B, S, DI), in one autograd node (see _GatedOutput)
