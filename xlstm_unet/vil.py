@@ -1092,7 +1092,10 @@ class ViLStage(nn.Module):
             for block in self.blocks:
                 tokens = block(tokens)
             return tokens.reshape(B, C, *spatial)  # (B, C, N) -> (B, C, *spatial)
-        tokens = x.flatten(2).transpose(1, 2)  # (B, C, *spatial) -> (B, S=N, D=C)
+        # (B, C, *spatial) -> (B, S=N, D=C), copied into token-major order once: as a transposed view, the pieces, the
+        # norm and the residual sums would run strided (32-channel 256x256 stage fwd + bwd: 1.26 / 1.31 s -> 1.11 /
+        # 1.16 s in two alternations)
+        tokens = x.flatten(2).transpose(1, 2).contiguous()
         for block in self.blocks:
             tokens = block(tokens, spatial)
         return tokens.transpose(1, 2).reshape(B, C, *spatial)  # (B, N, C) -> (B, C, *spatial)
