@@ -568,34 +568,16 @@ class MLSTMCell(nn.Module):
         state: MLSTMState | None = None,
         return_state: bool = False,
         gates: torch.Tensor | None = None,
+        normalize: bool = True,
     ) -> torch.Tensor | tuple[torch.Tensor, MLSTMState]:
         """``q, k, v``: ``(B, S, DI)`` -> ``(B, S, DI)`` in float32 (float64 for float64 input).
 
         ``state``, ``return_state``: the mLSTM state before / after the sequence, as in :func:`mlstm`; with
         ``return_state`` the result is ``(h, state)``. ``gates``: the gate pre-activations ``(B, S, 2 NH)`` (input
         gates first, bias included) when the caller computed them (:meth:`ViLLayer.forward_with_state` folds them
-        into its projections); ``None``: computed here from ``concat(q, k, v)``.
+        into its projections); ``None``: computed here from ``concat(q, k, v)``. ``normalize=False``: ``h`` before
+        the output norm, ``(B, NH, S, DH)`` (the layer applies the norm in :class:`_GatedOutput`).
         """
-        h, state = self.hidden(q, k, v, state, return_state, gates)  # (B, NH, S, DH)
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            # the multi-head LayerNorm (xlstm's MultiHeadLayerNorm: group norm with NH groups on (B S, NH DH)) as a
-            # LayerNorm over DH in place, then the weight on (B, S, DI): same values, no transposed copy before it
-            h = F.layer_norm(h.to(self.outnorm.weight.dtype), (h.shape[-1],), eps=self.outnorm.eps)  # (B, NH, S, DH)
-            h = h.transpose(1, 2).flatten(2)  # (B, NH, S, DH) -> (B, S, NH, DH) -> (B, S, DI)
-            h = h * self.outnorm.weight_proxy  # (B, S, DI)
-        return (h, state) if return_state else h
-
-    def hidden(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        state: MLSTMState | None = None,
-        return_state: bool = False,
-        gates: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, MLSTMState | None]:
-        """:meth:`forward` before the output norm: the mLSTM's ``h`` ``(B, NH, S, DH)`` (float32, or float64 for
-        float64 input) and the state after the sequence (``None`` unless ``return_state``)."""
         B, S, _ = q.shape
         dtype = _compute_dtype(q)
         with torch.autocast(device_type=q.device.type, enabled=False):
@@ -609,7 +591,15 @@ class MLSTMCell(nn.Module):
             h = mlstm(  # (B, NH, S, DH)[, state]
                 q, k, v, i, f, backend=self.backend, chunk_size=self.chunk_size, state=state, return_state=return_state
             )
-        return h if return_state else (h, None)
+            if return_state:
+                h, state = h
+            if normalize:
+                # the multi-head LayerNorm (xlstm's MultiHeadLayerNorm: group norm with NH groups on (B S, NH DH)) as
+                # a LayerNorm over DH in place, then the weight on (B, S, DI): same values, no transposed copy first
+                h = F.layer_norm(h.to(self.outnorm.weight.dtype), (h.shape[-1],), eps=self.outnorm.eps)
+                h = h.transpose(1, 2).flatten(2)  # (B, NH, S, DH) -> (B, S, NH, DH) -> (B, S, DI)
+                h = h * self.outnorm.weight_proxy  # (B, S, DI)
+        return (h, state) if return_state else h
 
     def gate_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The gates' linear map on ``concat(q, k, v)`` split by input block: ``w_q, w_k, w_v`` ``(2 NH, DI)`` and
@@ -753,7 +743,8 @@ class ViLLayer(nn.Module):
         # 32-channel 256x256 stage 1.36 / 1.29 s -> 1.22 / 1.19 s.
         x_conv = F.silu(x_conv.contiguous())  # (B, S, DI)
         q, k, v, gates = self._qkv_gates(x_conv, x_mlstm)  # 3 x (B, S, DI), (B, S, 2 NH) or None
-        h, mlstm_state = self.mlstm_cell.hidden(q, k, v, mlstm_state, stateful, gates)  # (B, NH, S, DH), float32
+        h = self.mlstm_cell(q, k, v, mlstm_state, stateful, gates, normalize=False)  # (B, NH, S, DH)[, state]
+        h, mlstm_state = h if stateful else (h, None)  # float32
         # (norm(h) + learnable_skip * x_conv) * silu(z), (B, S, DI), in one autograd node (see _GatedOutput)
         norm = self.mlstm_cell.outnorm
         h = _GatedOutput.apply(h, norm.weight_proxy, self.learnable_skip, x_conv, z, norm.eps)
