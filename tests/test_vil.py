@@ -327,19 +327,28 @@ def _saved_numel(fn) -> tuple[torch.Tensor, int]:
     return out, total
 
 
-def test_chunkwise_recomputes_its_within_chunk_matrices():
-    """The chunkwise mLSTM keeps its within-chunk L x L intermediates out of the saved activations (recomputed in
-    backward): at DH = L = 16 each of them is as large as q; keeping them saved ~14x q's bytes, now < 10x."""
+def _saved_storage_bytes(fn, exclude: tuple[torch.Tensor, ...] = ()) -> tuple[torch.Tensor, int]:
+    """``fn()`` and the bytes of the distinct storages that autograd saves for backward meanwhile, without those of
+    ``exclude`` (e.g. the input, which the caller holds anyway)."""
     storages: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    q, k, v, i, f = (t.requires_grad_(True) for t in _qkvif(4096, torch.float32, DH=16))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        mlstm(q, k, v, i, f, backend="chunkwise")
-    ratio = sum(storages.values()) / (q.numel() * q.element_size())
+        out = fn()
+    for t in exclude:
+        storages.pop(t.untyped_storage().data_ptr(), None)
+    return out, sum(storages.values())
+
+
+def test_chunkwise_recomputes_its_within_chunk_matrices():
+    """The chunkwise mLSTM keeps its within-chunk L x L intermediates out of the saved activations (recomputed in
+    backward): at DH = L = 16 each of them is as large as q; keeping them saved ~14x q's bytes, now < 10x."""
+    q, k, v, i, f = (t.requires_grad_(True) for t in _qkvif(4096, torch.float32, DH=16))
+    _, saved = _saved_storage_bytes(lambda: mlstm(q, k, v, i, f, backend="chunkwise"))
+    ratio = saved / (q.numel() * q.element_size())
     assert 3 < ratio < 10, ratio
 
 
@@ -480,22 +489,32 @@ def test_full_resolution_layer_saves_few_activations():
     as unique storage bytes relative to its input's: 38.7x when the output was plain autograd ops (each keeping its
     own (B, S, DI) intermediate) and q/k/v were strided views (copied anew by every matmul of the kernel, each copy
     saved); 30.2x with the fused output node (:class:`_GatedOutput`) and q/k/v made contiguous once."""
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     torch.manual_seed(0)
     layer = ViLLayer(32, backend="chunkwise")
     x = torch.randn(2, 4096, 32, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = layer(x)
-    storages.pop(x.untyped_storage().data_ptr(), None)
-    ratio = sum(storages.values()) / (x.numel() * x.element_size())
+    y, saved = _saved_storage_bytes(lambda: layer(x), exclude=(x,))
+    ratio = saved / (x.numel() * x.element_size())
     assert ratio < 33, ratio
     y.sum().backward()  # and the graph still runs
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_cell_output_is_its_hidden_state_under_the_multi_head_norm():
+    """``MLSTMCell`` (public; the layer uses ``normalize=False`` and norms inside :class:`_GatedOutput`) still returns
+    xlstm's ``MultiHeadLayerNorm`` of its un-normed output, with the state, in float64."""
+    from xlstm_unet.vil import MLSTMCell
+
+    torch.manual_seed(0)
+    cell = MLSTMCell(16, 4, backend="chunkwise").double()
+    with torch.no_grad():
+        cell.outnorm.weight.normal_(0.0, 0.3)
+    q, k, v = (torch.randn(2, 40, 16, dtype=torch.float64) for _ in range(3))
+    h, state = cell(q, k, v, return_state=True)
+    raw, raw_state = cell(q, k, v, return_state=True, normalize=False)  # (B, NH, S, DH)
+    assert raw.shape == (2, 4, 40, 4) and h.shape == (2, 40, 16)
+    torch.testing.assert_close(h, cell.outnorm(raw).transpose(1, 2).reshape(2, 40, 16), rtol=0, atol=1e-12)
+    for a, b in zip(state, raw_state):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_gates_are_folded_only_without_autocast():
