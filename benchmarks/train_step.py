@@ -14,8 +14,9 @@ Usage::
 
 - Models: ``resenc`` (dynamic-network-architectures' ResidualEncoderUNet, nnU-Net's ResEnc: residual encoder, plain
   conv decoder) and XLSTMUNet with ``vil_placement`` = ``bot``, ``enc``, ``enc_official`` (residual encoder, residual
-  decoder as in the paper). All share stages, strides, features and encoder blocks. Opt-in with ``--models``:
-  ``enc_ckpt`` (enc with gradient checkpointing of the ViL stages) and ``resunet`` (ResidualUNet: XLSTMUNet without
+  decoder as in the paper), each with the ViL defaults (on CPU: long sequences in pieces, checkpointed). All share
+  stages, strides, features and encoder blocks. Opt-in with ``--models``: ``enc_ckpt`` (enc with gradient
+  checkpointing of every ViL stage, ``nnUNetTrainerXLSTMEncCkpt``) and ``resunet`` (ResidualUNet: XLSTMUNet without
   ViL, which separates the ViL cost from the residual decoder's). XLSTMUNet gets the patch size (as nnU-Net plans
   give it), so deep stages whose voxel count is at most C use channel tokens.
 - Configurations (nnU-Net ResEnc block counts, decoder 1 block per stage, 1 input channel, 4 classes, deep
@@ -47,7 +48,8 @@ MODELS = ("resenc", "bot", "enc", "enc_official")
 EXTRA_MODELS = ("resunet", "enc_ckpt")
 """Opt-in with ``--models``: ``resunet`` is dynamic-network-architectures' ResidualUNet, i.e. XLSTMUNet without ViL
 (residual decoder), which separates the ViL cost from the residual decoder's; ``enc_ckpt`` is ``enc`` with gradient
-checkpointing of every ViL stage (``vil_kwargs={"checkpoint": True}``)."""
+checkpointing of every ViL stage (``vil_kwargs={"checkpoint": True}``; the default ``None`` checkpoints the stages
+that run in pieces, i.e. the long sequences on CPU)."""
 DIMS = (2, 3)
 
 

@@ -143,7 +143,7 @@ def test_checkpointed_enc_trainer_builds_the_enc_network_with_checkpointing(phan
     assert plain.state_dict().keys() == ckpt.state_dict().keys()
     vils = [m for m in ckpt.modules() if isinstance(m, ViLStage)]
     assert len(vils) == len(ckpt.vil_stages) > 0 and all(v.checkpoint for v in vils)
-    assert not any(m.checkpoint for m in plain.modules() if isinstance(m, ViLStage))
+    assert all(m.checkpoint is None for m in plain.modules() if isinstance(m, ViLStage))  # auto (CPU pieces)
     assert trainer_class("nnUNetTrainerXLSTMEncCkpt").recipe_variant == "enc"
 
 

@@ -352,14 +352,14 @@ def test_chunkwise_recomputes_its_within_chunk_matrices():
     assert 3 < ratio < 10, ratio
 
 
-@pytest.mark.parametrize("checkpoint", [False, True])
+@pytest.mark.parametrize("checkpoint", [False, True, None])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_block_in_pieces_equals_one_piece(reverse, checkpoint):
     """A long sequence processed in 1024-token pieces with the layer state carried (the CPU default for long
-    sequences), with or without checkpointing each piece, equals one piece: outputs and the gradients of the input
-    and every parameter (float64)."""
+    sequences), with or without checkpointing each piece (``None``, auto: checkpointed because in pieces), equals
+    one piece: outputs and the gradients of the input and every parameter (float64)."""
     torch.manual_seed(0)
-    whole = ViLBlock(8, reverse=reverse, backend="chunkwise", piece_bytes=None).double()
+    whole = ViLBlock(8, reverse=reverse, backend="chunkwise", piece_bytes=None).double()  # auto: not checkpointed
     pieces = ViLBlock(8, reverse=reverse, backend="chunkwise", piece_bytes=1, checkpoint=checkpoint).double()
     pieces.load_state_dict(whole.state_dict())
     x = torch.randn(2, 2500, 8, dtype=torch.float64)  # 1024 + 1024 + 452 tokens
@@ -371,8 +371,10 @@ def test_block_in_pieces_equals_one_piece(reverse, checkpoint):
         y.square().sum().backward()
         results.append((y.detach(), xi.grad, [p.grad for p in block.parameters()], saved))
     (y0, gx0, gp0, saved0), (y1, gx1, gp1, saved1) = results
-    if checkpoint:  # only the pieces and the states between them are kept
+    if checkpoint is not False:  # only the pieces and the states between them are kept
         assert saved1 * 10 < saved0, (saved1, saved0)
+    else:
+        assert saved1 > saved0 / 2, (saved1, saved0)
     torch.testing.assert_close(y1, y0, rtol=0, atol=1e-10)
     torch.testing.assert_close(gx1, gx0, rtol=0, atol=1e-8)
     for a, b in zip(gp1, gp0):
@@ -381,6 +383,31 @@ def test_block_in_pieces_equals_one_piece(reverse, checkpoint):
     assert ViLBlock(8, conv_kind="grid", spatial_dims=1, piece_bytes=1).piece_tokens(x) is None
     with pytest.raises(ValueError, match="piece_bytes"):
         ViLBlock(8, piece_bytes=0)
+    with pytest.raises(ValueError, match="checkpoint"):
+        ViLBlock(8, checkpoint="yes")
+
+
+def test_block_trims_the_heap_after_pieces_under_autograd(monkeypatch):
+    """After a forward in pieces with autograd on, the block returns the C heap's free pages (once per forward);
+    not in one piece, not under ``no_grad``. On glibc the trim function is found."""
+    import platform
+
+    import xlstm_unet.vil as vil
+
+    if platform.libc_ver()[0] == "glibc":
+        assert vil._malloc_trim() is not None
+    vil._release_free_heap()  # callable here whatever the C library
+    calls = []
+    monkeypatch.setattr(vil, "_release_free_heap", lambda: calls.append(1))
+    x = torch.randn(1, 2500, 8)
+    pieces, whole = ViLBlock(8, piece_bytes=1), ViLBlock(8, piece_bytes=None)
+    with torch.no_grad():
+        pieces(x)
+    whole(x)
+    assert calls == []
+    pieces(x)
+    assert calls == [1]
+    assert "checkpoint=auto" in repr(pieces) and "checkpoint=auto" in repr(ViLStage(8))
 
 
 @pytest.mark.parametrize("feature_size", [(12, 10), (2, 2, 3)])  # patch tokens, channel tokens
