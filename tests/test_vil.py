@@ -388,8 +388,9 @@ def test_block_in_pieces_equals_one_piece(reverse, checkpoint):
 
 
 def test_block_trims_the_heap_after_pieces_under_autograd(monkeypatch):
-    """After a forward in pieces with autograd on, the block returns the C heap's free pages (once per forward);
-    not in one piece, not under ``no_grad``. On glibc the trim function is found."""
+    """After a forward in pieces with autograd on, of an input of at least ``_TRIM_MIN_BYTES``, the block returns
+    the C heap's free pages (once per forward); not in one piece, not under ``no_grad``, not for smaller inputs. On
+    glibc the trim function is found."""
     import platform
 
     import xlstm_unet.vil as vil
@@ -401,6 +402,9 @@ def test_block_trims_the_heap_after_pieces_under_autograd(monkeypatch):
     monkeypatch.setattr(vil, "_release_free_heap", lambda: calls.append(1))
     x = torch.randn(1, 2500, 8)
     pieces, whole = ViLBlock(8, piece_bytes=1), ViLBlock(8, piece_bytes=None)
+    pieces(x)  # 80 KB < 32 MiB
+    assert calls == []
+    monkeypatch.setattr(vil, "_TRIM_MIN_BYTES", x.numel() * x.element_size())
     with torch.no_grad():
         pieces(x)
     whole(x)
