@@ -14,7 +14,9 @@ Output with ``--json``: ONE JSON object on stdout::
 
 - Rows: chunkwise at S = 1024, 4096, 16384; parallel at S = 1024, 4096; on CUDA also triton at the chunkwise S.
 - ``fwd_bwd_s``: median over ``--repeats`` (>= 3) timed forward + backward passes, after one warm-up pass, of one
-  :class:`xlstm_unet.vil.ViLBlock` (dim C) on a ``(batch, S, C)`` float32 input that requires grad.
+  :class:`xlstm_unet.vil.ViLBlock` (dim C) on a ``(batch, S, C)`` float32 input that requires grad. Without gradient
+  checkpointing (``checkpoint=False``), for every backend: this compares the kernels, not the memory policy (the
+  block's default checkpoints the pieces of long CPU sequences, which in a lone block costs a recomputed forward).
 - ``peak_mb``: each row runs in its own child process. On CPU it is the child's peak resident set size (max RSS,
   MiB; it includes the ~0.3-0.5 GB of the imported libraries); on CUDA the peak allocated GPU memory (MiB).
 - ``max_abs_diff_vs_parallel``: max |y_chunkwise - y_parallel| of the block's output, same weights and input, at
@@ -48,7 +50,7 @@ QUICK = {"dim": 32, "batch": 1, "chunkwise_S": [128, 256], "parallel_S": [128], 
 
 def _block(dim: int, backend: str, device: str) -> ViLBlock:
     torch.manual_seed(0)
-    return ViLBlock(dim, backend=backend).to(device)
+    return ViLBlock(dim, backend=backend, checkpoint=False).to(device)
 
 
 def _input(batch: int, S: int, dim: int, device: str) -> torch.Tensor:

@@ -31,8 +31,8 @@ state (last conv inputs, mLSTM ``(C, n, m)``) from piece to piece; the result eq
 allocation above 32 MiB fresh from the OS (page faults on first touch) and returns it on free, so one-piece
 temporaries at S = 65,536 cost more in page faults than in arithmetic; pieces are recycled instead. Measured (fwd +
 bwd, 2 CPU cores): the 32-channel 256x256 stage 3.5 s -> 1.5 s, the 32-channel 32x96x96 stage 15.8 s -> 5.7 s.
-By default the pieces are checkpointed (recomputed in backward) and the C heap is trimmed after them, which on CPU
-roughly halves a ViL U-Net's peak memory at no cost in time; see :class:`ViLBlock`.
+By default the pieces are checkpointed (recomputed in backward), and the C heap is trimmed after the largest
+stages, which on CPU halves a 3D ViL U-Net's peak memory at no cost in time; see :class:`ViLBlock`.
 
 Further CPU-minded details, each with the values of the plain composition (tested against it): for DI <= 128 the
 block-diagonal q/k/v projections run as dense matmuls with the gates' projection folded in; the multi-head
@@ -899,6 +899,10 @@ class ViLBlock(nn.Module):
             in pieces (CPU, long sequences), where recomputing costs about what writing the saved activations to
             fresh memory costs (measured in the benchmark's enc train step, 3D: 41.1 s / 9.9 GB without, 41.8 s /
             5.5 GB with); ``True`` / ``False``: always / never (e.g. ``True`` on GPU to save memory).
+        **layer_kwargs: keyword arguments of :class:`ViLLayer` (expansion, num_heads, qkv_block_size, conv_kind,
+            spatial_dims, backend, chunk_size).
+
+    The norm is ``xlstm``'s LayerNorm without bias (weight stored as a residual around 1), as Vision-LSTM.
 
     On CPU, after a forward in pieces under autograd whose input has at least 32 MiB, the C heap's free pages are
     returned to the OS (glibc ``malloc_trim``). Tensors above 32 MiB, such as the feature maps around such a
@@ -906,10 +910,6 @@ class ViLBlock(nn.Module):
     step leaves there (3D enc train step, checkpointed: peak RSS 5.5 -> 4.5 GB, 44.8 -> 37.8 s in one sitting).
     Smaller stages do not trim: there the trim's page faults cost more than it saves (2D enc train step: 7.6-8.2 s
     / 3.9 GB without, 8.9-9.4 s / 3.7 GB with).
-        **layer_kwargs: keyword arguments of :class:`ViLLayer` (expansion, num_heads, qkv_block_size, conv_kind,
-            spatial_dims, backend, chunk_size).
-
-    The norm is ``xlstm``'s LayerNorm without bias (weight stored as a residual around 1), as Vision-LSTM.
     """
 
     def __init__(
@@ -990,7 +990,6 @@ class ViLBlock(nn.Module):
     def extra_repr(self) -> str:
         checkpoint = "auto" if self.checkpoint is None else self.checkpoint
         return f"dim={self.dim}, reverse={self.reverse}, piece_bytes={self.piece_bytes}, checkpoint={checkpoint}"
-
 
 
 class ViLStage(nn.Module):
