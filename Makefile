@@ -34,8 +34,8 @@ bench: install
 		mv benchmarks/results/.vil.json benchmarks/results/vil_scaling_cpu.json
 	$(PY) benchmarks/train_step.py --json > benchmarks/results/.step.json && \
 		mv benchmarks/results/.step.json benchmarks/results/train_step_cpu.json
-	$(PY) benchmarks/train_step.py --json --models enc_ckpt > benchmarks/results/.ckpt.json && \
-		mv benchmarks/results/.ckpt.json benchmarks/results/train_step_cpu_enc_ckpt.json
+	$(PY) benchmarks/train_step.py --json --models resunet,enc_ckpt > benchmarks/results/.extra.json && \
+		mv benchmarks/results/.extra.json benchmarks/results/train_step_cpu_extra.json
 
 lab: install
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
