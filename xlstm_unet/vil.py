@@ -954,8 +954,8 @@ class ViLBlock(nn.Module):
         With ``reverse``, flipping the sequence flips every spatial axis of the grid, so ``spatial_shape`` stays.
         """
         piece = self.piece_tokens(x)
-        training = torch.is_grad_enabled()
-        checkpointed = training and (piece is not None if self.checkpoint is None else self.checkpoint)
+        grad_enabled = torch.is_grad_enabled()
+        checkpointed = grad_enabled and (piece is not None if self.checkpoint is None else self.checkpoint)
         if piece is None:
             return _maybe_checkpoint(checkpointed, self._whole, x, spatial_shape)
         # pieces in processing order (from the end when reversed): full pieces first, the remainder last
@@ -967,8 +967,8 @@ class ViLBlock(nn.Module):
             y, state = _maybe_checkpoint(checkpointed, self._piece, part, state)
             outputs.append(y)
         y = torch.cat(outputs[::-1] if self.reverse else outputs, dim=1)  # (B, S, D)
-        del outputs, state
-        if training and x.numel() * x.element_size() >= _TRIM_MIN_BYTES:
+        del outputs, state  # the pieces' outputs are free once concatenated, so the trim below can return them
+        if grad_enabled and x.numel() * x.element_size() >= _TRIM_MIN_BYTES:
             _release_free_heap()  # see the class docstring
         return y
 
