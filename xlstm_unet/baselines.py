@@ -410,7 +410,12 @@ class UMambaUNet(ResidualMixerUNet):
     U-Mamba Enc as in U-Mamba: the encoder stages from ``ceil(n_stages / 2)`` on and the decoder stages from
     ``ceil((n_stages - 1) / 2 + 0.5)`` on (counted from the bottleneck side) have one block each; a stage whose
     voxel count (from ``patch_size``) is at most its channel count uses channel tokens. Bot keeps the plans' block
-    counts and spatial tokens.
+    counts and spatial tokens. These rules were checked against U-Mamba's ``UMambaEnc_3d.py`` (bowang-lab/U-Mamba).
+    Its conv parts differ from this class on purpose: U-Mamba upsamples by nearest interpolation plus a 1x1 conv, and
+    its stem and the first block of each stage skip through a strided 1x1 conv. Here they are
+    dynamic-network-architectures' blocks (transposed conv; ``BasicBlockD``, whose strided skip is average pooling
+    plus a 1x1 conv), the same as in :class:`~xlstm_unet.networks.XLSTMUNet`, so that a comparison of the two
+    isolates the token mixer.
 
     Args:
         mamba_placement: ``"bot"`` (default) or ``"enc"``.
