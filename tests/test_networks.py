@@ -10,6 +10,9 @@ import importlib.util
 import io
 import json
 import math
+import os
+import resource
+import signal
 import subprocess
 import sys
 import warnings
@@ -456,7 +459,7 @@ def test_train_step_benchmark_configs_are_valid(dim, mode):
 
 @pytest.mark.parametrize("dim", [3])  # 2D runs end to end below
 def test_train_step_benchmark_worker_runs_every_model(dim):
-    """One tiny train step of every model, in this process (the script runs each in its own subprocess)."""
+    """One tiny train step of every model, in this process (the script forks a process for each)."""
     bench = _load_benchmark()
     config = bench.get_config(dim, quick=True, paper_sizes=False)
     models = bench.MODELS + bench.EXTRA_MODELS
@@ -469,6 +472,39 @@ def test_train_step_benchmark_worker_runs_every_model(dim):
         if with_vil:  # the ViL modules add parameters on top of the same residual U-Net
             assert row["params"] > rows["resunet"]["params"]
     assert rows["resunet"]["params"] > rows["resenc"]["params"]  # residual vs plain-conv decoder
+
+
+def _touch_mb(mb: int) -> dict:
+    """Allocate and touch ``mb`` MiB, return this process's peak RSS in MiB (a child of ``run_in_child``)."""
+    block = bytearray(mb * 2**20)
+    block[:: 4096] = b"x" * len(block[:: 4096])  # one write per page: resident
+    return {"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "len": len(block)}
+
+
+def test_run_in_child_peak_rss_is_each_childs_own():
+    bench = _load_benchmark()
+    big = bench.run_in_child(_touch_mb, 512)
+    small = bench.run_in_child(_touch_mb, 1)
+    assert big["len"] == 512 * 2**20 and small["len"] == 2**20  # results come back through the pipe
+    # the 512 MiB of the first child count in its own peak, not in the next child's
+    assert big["peak_mb"] - small["peak_mb"] > 400
+
+
+def _raise_in_child() -> dict:
+    raise ValueError("no such stage: 7")
+
+
+def _die_in_child() -> dict:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+def test_run_in_child_reports_errors_and_deaths():
+    bench = _load_benchmark()
+    with pytest.raises(bench.ChildFailed, match="ValueError: no such stage: 7"):
+        bench.run_in_child(_raise_in_child)
+    with pytest.raises(bench.ChildFailed, match="killed by signal 9"):
+        bench.run_in_child(_die_in_child)
 
 
 def test_train_step_benchmark_quick_json_schema():
