@@ -24,8 +24,9 @@ Usage::
   32..320, strides [1,1,1], [1,2,2], [2,2,2] x 3.
 - One train step = forward, deep-supervision cross-entropy (nnU-Net's 1/2^i weights), backward, AdamW step. ``step_s``
   is the median of ``--repeats`` steps after ``--warmup`` steps.
-- Every (model, dim) runs in its own process, forked from this one after it has imported torch and the model
-  libraries (and run nothing), which saves each model the ~2.5 s of imports. ``peak_rss_mb`` is that process's max
+- Every (model, dim) runs in its own process (:func:`xlstm_unet.benchmarking.run_in_child`); on CPU it is forked
+  from this one after it has imported torch and the model libraries (and run nothing), which saves each model the
+  ~2.5 s of imports (CUDA runs spawn a fresh interpreter instead). ``peak_rss_mb`` is that process's max
   RSS, which includes the pages of the imported libraries that the run touches (~0.3 GB); a freshly started
   interpreter would also count the pages touched only while importing (resenc 2D: ~170 MB more, in every row).
   ``peak_mb`` is the peak RSS on CPU and ``torch.cuda.max_memory_allocated`` on CUDA.
@@ -38,14 +39,14 @@ import argparse
 import importlib
 import json
 import logging
-import os
-import resource
 import statistics
 import sys
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from xlstm_unet.benchmarking import ChildFailed, peak_rss_mb, run_in_child  # noqa: E402
 
 logger = logging.getLogger("train_step")
 
@@ -170,8 +171,8 @@ def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = [step() for _ in range(repeats)]
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb
+    peak_rss = peak_rss_mb()
+    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss
     return {
         "model": model,
         "dim": dim,
@@ -180,50 +181,9 @@ def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool
         "params": sum(p.numel() for p in net.parameters()),
         "step_s": statistics.median(times),
         "peak_mb": peak_mb,
-        "peak_rss_mb": peak_rss_mb,
+        "peak_rss_mb": peak_rss,
         "vil_stages": list(getattr(net, "vil_stages", [])),
     }
-
-
-class ChildFailed(RuntimeError):
-    """A function run by :func:`run_in_child` raised, or its process died (e.g. killed for memory)."""
-
-
-def run_in_child(fn: Callable[..., dict], *args) -> dict:
-    """``fn(*args)`` in a child process forked from this one; returns its JSON-serialisable result.
-
-    The child's peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) is its own: it starts from this process's current
-    RSS, not from what other children allocated. Fork before this process runs any torch op (no thread pools yet).
-
-    Raises:
-        ChildFailed: with the child's last traceback line, or how it died.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: report through the pipe, never return into the caller's code
-        os.close(read_fd)
-        try:
-            payload = {"result": fn(*args)}
-        except BaseException:  # noqa: BLE001 - everything goes back to the parent
-            payload = {"error": traceback.format_exc()}
-        try:
-            with os.fdopen(write_fd, "w") as pipe:
-                json.dump(payload, pipe)
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as pipe:
-        text = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if not text:
-        how = f"killed by signal {-os.waitstatus_to_exitcode(status)}" if os.WIFSIGNALED(status) else "no result"
-        raise ChildFailed(f"worker process {how}")
-    payload = json.loads(text)
-    if "error" in payload:
-        raise ChildFailed(payload["error"])
-    return payload["result"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -265,7 +225,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for name in PRELOAD:  # imported once here; every model then runs in a child forked from this process
+    for name in PRELOAD:  # imported once here; on CPU every model then runs in a child forked from this process
         importlib.import_module(name)
     rows, failed = [], False
     for dim in args.dims:
@@ -274,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s %dD ...", model, dim)
             try:
                 row = run_in_child(
-                    run_worker, model, dim, config, args.device, args.amp, args.warmup, args.repeats
+                    run_worker, model, dim, config, args.device, args.amp, args.warmup, args.repeats,
+                    device=args.device,
                 )
             except ChildFailed as error:
                 failed = True

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import resource
 import statistics
 import sys
 import time
@@ -42,6 +40,7 @@ import torch
 from mlstm_kernels.torch import get_available_mlstm_kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from xlstm_unet.benchmarking import peak_rss_mb, run_in_child  # noqa: E402
 from xlstm_unet.vil import ViLBlock  # noqa: E402
 
 FULL = {"dim": 256, "batch": 2, "chunkwise_S": [1024, 4096, 16384], "parallel_S": [1024, 4096], "diff_S": 1024}
@@ -63,80 +62,50 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _row_worker(spec: dict[str, Any], conn: Any) -> None:
-    """Child process: time one (backend, S) row and measure its peak memory; sends a dict or an error string."""
-    try:
-        device = spec["device"]
-        if spec["threads"]:
-            torch.set_num_threads(spec["threads"])
-        block = _block(spec["dim"], spec["backend"], device)
-        x = _input(spec["batch"], spec["S"], spec["dim"], device)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for rep in range(spec["repeats"] + 1):  # the first pass is the warm-up
-            block.zero_grad(set_to_none=True)
-            x.grad = None
-            _sync(device)
-            start = time.perf_counter()
-            block(x).sum().backward()
-            _sync(device)
-            if rep > 0:
-                times.append(time.perf_counter() - start)
-        if device == "cuda":
-            peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-        conn.send(
-            {"backend": spec["backend"], "S": spec["S"], "fwd_bwd_s": statistics.median(times), "peak_mb": peak_mb}
-        )
-    except BaseException as err:  # report to the parent instead of dying silently
-        conn.send(f"{type(err).__name__}: {err}")
-    finally:
-        conn.close()
+def _row_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Child process: time one (backend, S) row and measure its peak memory."""
+    device = spec["device"]
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    block = _block(spec["dim"], spec["backend"], device)
+    x = _input(spec["batch"], spec["S"], spec["dim"], device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for rep in range(spec["repeats"] + 1):  # the first pass is the warm-up
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        _sync(device)
+        start = time.perf_counter()
+        block(x).sum().backward()
+        _sync(device)
+        if rep > 0:
+            times.append(time.perf_counter() - start)
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
+    return {"backend": spec["backend"], "S": spec["S"], "fwd_bwd_s": statistics.median(times), "peak_mb": peak_mb}
 
 
-def _diff_worker(spec: dict[str, Any], conn: Any) -> None:
+def _diff_worker(spec: dict[str, Any]) -> dict[str, float]:
     """Child process: max abs differences of each backend's block output and input grad vs parallel."""
-    try:
-        device = spec["device"]
-        if spec["threads"]:
-            torch.set_num_threads(spec["threads"])
-        results = {}
-        for backend in ["parallel", *spec["backends"]]:
-            block = _block(spec["dim"], backend, device)
-            x = _input(spec["batch"], spec["S"], spec["dim"], device)
-            gen = torch.Generator().manual_seed(2)
-            g = torch.randn(x.shape, generator=gen).to(device)
-            y = block(x)
-            (y * g).sum().backward()
-            results[backend] = (y.detach(), x.grad.detach())
-        y_ref, gx_ref = results.pop("parallel")
-        out = {}
-        for backend, (y, gx) in results.items():
-            prefix = "" if backend == "chunkwise" else f"{backend}_"
-            out[f"{prefix}max_abs_diff_vs_parallel"] = (y - y_ref).abs().max().item()
-            out[f"{prefix}max_abs_grad_diff_vs_parallel"] = (gx - gx_ref).abs().max().item()
-        conn.send(out)
-    except BaseException as err:
-        conn.send(f"{type(err).__name__}: {err}")
-    finally:
-        conn.close()
-
-
-def _in_child(ctx: Any, target: Any, spec: dict[str, Any]) -> dict[str, Any]:
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=target, args=(spec, child))
-    proc.start()
-    child.close()
-    try:
-        result = parent.recv()
-    except EOFError:
-        result = None
-    proc.join()
-    if not isinstance(result, dict):
-        raise RuntimeError(f"benchmark child for {spec} failed (exit code {proc.exitcode}): {result}")
-    return result
+    device = spec["device"]
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    results = {}
+    for backend in ["parallel", *spec["backends"]]:
+        block = _block(spec["dim"], backend, device)
+        x = _input(spec["batch"], spec["S"], spec["dim"], device)
+        gen = torch.Generator().manual_seed(2)
+        g = torch.randn(x.shape, generator=gen).to(device)
+        y = block(x)
+        (y * g).sum().backward()
+        results[backend] = (y.detach(), x.grad.detach())
+    y_ref, gx_ref = results.pop("parallel")
+    out = {}
+    for backend, (y, gx) in results.items():
+        prefix = "" if backend == "chunkwise" else f"{backend}_"
+        out[f"{prefix}max_abs_diff_vs_parallel"] = (y - y_ref).abs().max().item()
+        out[f"{prefix}max_abs_grad_diff_vs_parallel"] = (gx - gx_ref).abs().max().item()
+    return out
 
 
 def run(device: str, quick: bool, repeats: int, threads: int | None = None) -> dict[str, Any]:
@@ -151,15 +120,13 @@ def run(device: str, quick: bool, repeats: int, threads: int | None = None) -> d
     # Import the kernel registry once here (mlstm_kernels imports torch._dynamo and triton: seconds), so that forked
     # children inherit it instead of paying for it inside their timings.
     get_available_mlstm_kernels()
-    # fork is cheap (no re-import) and safe while this parent has run no torch compute; CUDA needs spawn.
-    ctx = mp.get_context("spawn" if device == "cuda" or sys.platform != "linux" else "fork")
     base = {"device": device, "dim": cfg["dim"], "batch": cfg["batch"], "repeats": repeats, "threads": threads}
     plan = [("chunkwise", S) for S in cfg["chunkwise_S"]] + [("parallel", S) for S in cfg["parallel_S"]]
     if device == "cuda":
         plan += [("triton", S) for S in cfg["chunkwise_S"]]
-    rows = [_in_child(ctx, _row_worker, {**base, "backend": b, "S": S}) for b, S in plan]
+    rows = [run_in_child(_row_worker, {**base, "backend": b, "S": S}, device=device) for b, S in plan]
     diff_backends = ["chunkwise", "triton"] if device == "cuda" else ["chunkwise"]
-    diffs = _in_child(ctx, _diff_worker, {**base, "S": cfg["diff_S"], "backends": diff_backends})
+    diffs = run_in_child(_diff_worker, {**base, "S": cfg["diff_S"], "backends": diff_backends}, device=device)
     return {"device": device, "dim": cfg["dim"], "batch": cfg["batch"], "rows": rows, **diffs}
 
 

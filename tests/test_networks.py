@@ -10,9 +10,6 @@ import importlib.util
 import io
 import json
 import math
-import os
-import resource
-import signal
 import subprocess
 import sys
 import warnings
@@ -474,41 +471,8 @@ def test_train_step_benchmark_worker_runs_every_model(dim):
     assert rows["resunet"]["params"] > rows["resenc"]["params"]  # residual vs plain-conv decoder
 
 
-def _touch_mb(mb: int) -> dict:
-    """Allocate and touch ``mb`` MiB, return this process's peak RSS in MiB (a child of ``run_in_child``)."""
-    block = bytearray(mb * 2**20)
-    block[:: 4096] = b"x" * len(block[:: 4096])  # one write per page: resident
-    return {"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "len": len(block)}
-
-
-def test_run_in_child_peak_rss_is_each_childs_own():
-    bench = _load_benchmark()
-    big = bench.run_in_child(_touch_mb, 512)
-    small = bench.run_in_child(_touch_mb, 1)
-    assert big["len"] == 512 * 2**20 and small["len"] == 2**20  # results come back through the pipe
-    # the 512 MiB of the first child count in its own peak, not in the next child's
-    assert big["peak_mb"] - small["peak_mb"] > 400
-
-
-def _raise_in_child() -> dict:
-    raise ValueError("no such stage: 7")
-
-
-def _die_in_child() -> dict:
-    os.kill(os.getpid(), signal.SIGKILL)
-    return {}
-
-
-def test_run_in_child_reports_errors_and_deaths():
-    bench = _load_benchmark()
-    with pytest.raises(bench.ChildFailed, match="ValueError: no such stage: 7"):
-        bench.run_in_child(_raise_in_child)
-    with pytest.raises(bench.ChildFailed, match="killed by signal 9"):
-        bench.run_in_child(_die_in_child)
-
-
 def test_train_step_benchmark_quick_json_schema():
-    # the script end to end, for one model (each model costs a subprocess with its imports)
+    # the script end to end, for one model (each model adds a forked process and its train steps)
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--json", "--quick", "--models", "bot",
          "--dims", "2", "--warmup", "0"],
