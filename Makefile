@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lab bench clean
+.PHONY: install test demo lab bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ bench: install
 		mv benchmarks/results/.step.json benchmarks/results/train_step_cpu.json
 	$(PY) benchmarks/train_step.py --json --models resunet,enc_ckpt > benchmarks/results/.extra.json && \
 		mv benchmarks/results/.extra.json benchmarks/results/train_step_cpu_extra.json
+
+# The checks that need a CUDA GPU (triton tests, triton ViL rows, the paper's patch sizes), in one run.
+bench-gpu: install
+	bash benchmarks/gpu_checks.sh
 
 lab: install
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
