@@ -16,9 +16,10 @@ Usage::
   conv decoder) and XLSTMUNet with ``vil_placement`` = ``bot``, ``enc``, ``enc_official`` (residual encoder, residual
   decoder as in the paper), each with the ViL defaults (on CPU: long sequences in pieces, checkpointed). All share
   stages, strides, features and encoder blocks. Opt-in with ``--models``: ``enc_ckpt`` (enc with gradient
-  checkpointing of every ViL stage, ``nnUNetTrainerXLSTMEncCkpt``) and ``resunet`` (ResidualUNet: XLSTMUNet without
-  ViL, which separates the ViL cost from the residual decoder's). XLSTMUNet gets the patch size (as nnU-Net plans
-  give it), so deep stages whose voxel count is at most C use channel tokens.
+  checkpointing of every ViL stage, ``nnUNetTrainerXLSTMEncCkpt``), ``resunet`` (ResidualUNet: XLSTMUNet without
+  ViL, which separates the ViL cost from the residual decoder's) and ``enc_stub`` (enc with the mLSTM kernel replaced
+  by an elementwise stand-in: a lower bound on enc's step time with any kernel). XLSTMUNet gets the patch size (as
+  nnU-Net plans give it), so deep stages whose voxel count is at most C use channel tokens.
 - Configurations (nnU-Net ResEnc block counts, decoder 1 block per stage, 1 input channel, 4 classes, deep
   supervision on): 2D 256x256, 7 stages, features 32..512, strides 1, 2, ..., 2; 3D 32x96x96, 5 stages, features
   32..320, strides [1,1,1], [1,2,2], [2,2,2] x 3.
@@ -42,6 +43,8 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,11 +54,13 @@ from xlstm_unet.benchmarking import ChildFailed, peak_rss_mb, run_in_child  # no
 logger = logging.getLogger("train_step")
 
 MODELS = ("resenc", "bot", "enc", "enc_official")
-EXTRA_MODELS = ("resunet", "enc_ckpt")
+EXTRA_MODELS = ("resunet", "enc_ckpt", "enc_stub")
 """Opt-in with ``--models``: ``resunet`` is dynamic-network-architectures' ResidualUNet, i.e. XLSTMUNet without ViL
 (residual decoder), which separates the ViL cost from the residual decoder's; ``enc_ckpt`` is ``enc`` with gradient
 checkpointing of every ViL stage (``vil_kwargs={"checkpoint": True}``; the default ``None`` checkpoints the stages
-that run in pieces, i.e. the long sequences on CPU)."""
+that run in pieces, i.e. the long sequences on CPU); ``enc_stub`` is ``enc`` with the mLSTM kernel replaced by an
+elementwise stand-in (:func:`stub_mlstm`, no sequence mixing): not a model, a lower bound on ``enc``'s step time with
+an infinitely fast kernel, i.e. what the rest of the ViL stages (projections, conv, norms, gating) costs."""
 DIMS = (2, 3)
 PRELOAD = ("torch", "dynamic_network_architectures.architectures.unet", "xlstm_unet.networks")
 """Modules the parent imports before forking the workers (~2.5 s that each worker would otherwise spend)."""
@@ -115,11 +120,11 @@ def build_model(model: str, dim: int, config: Config):
         net = ResidualEncoderUNet(**kwargs, n_blocks_per_stage=list(config.blocks))
     elif model == "resunet":
         net = ResidualUNet(**kwargs, n_blocks_per_stage=list(config.blocks))
-    elif model in MODELS or model == "enc_ckpt":
+    elif model in MODELS or model in ("enc_ckpt", "enc_stub"):
         net = XLSTMUNet(
             **kwargs,
             n_blocks_per_stage=list(config.blocks),
-            vil_placement="enc" if model == "enc_ckpt" else model,
+            vil_placement="enc" if model in ("enc_ckpt", "enc_stub") else model,
             vil_kwargs={"checkpoint": True} if model == "enc_ckpt" else None,
             patch_size=list(config.size),
         )
@@ -127,6 +132,37 @@ def build_model(model: str, dim: int, config: Config):
         raise ValueError(f"unknown model {model!r}; expected one of {MODELS + EXTRA_MODELS}")
     net.apply(net.initialize)
     return net
+
+
+def stub_mlstm(q, k, v, i, f, *, state=None, return_state=False, **_):
+    """Elementwise stand-in for :func:`xlstm_unet.vil.mlstm` (``enc_stub``): ``h = v + q * k + i + f``, ``(B, NH, S,
+    DH)``, in the kernel's compute dtype, and with ``return_state`` an empty state of the kernel's shapes. It mixes no
+    tokens; it only keeps the layer's data flow (and gradients to q, k, v, i, f) at the cost of three elementwise ops
+    (memory-bound, like the real kernel's own elementwise part)."""
+    import torch
+
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v, i, f = (t.to(dtype) for t in (q, k, v, i, f))
+    h = v + q * k + (i + f)[..., None]  # (B, NH, S, DH)
+    if not return_state:
+        return h
+    B, NH, _, DH = q.shape
+    return h, (q.new_zeros(B, NH, DH, v.shape[-1]), q.new_zeros(B, NH, DH), q.new_zeros(B, NH))
+
+
+@contextmanager
+def mlstm_replaced(enabled: bool) -> Iterator[None]:
+    """Within the block, the ViL layers call :func:`stub_mlstm` instead of the mLSTM kernel when ``enabled``."""
+    if not enabled:
+        yield
+        return
+    import xlstm_unet.vil as vil
+
+    original, vil.mlstm = vil.mlstm, stub_mlstm
+    try:
+        yield
+    finally:
+        vil.mlstm = original
 
 
 def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool, warmup: int, repeats: int) -> dict:
@@ -166,11 +202,12 @@ def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool
         sync()
         return time.perf_counter() - start
 
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = [step() for _ in range(repeats)]
+    with mlstm_replaced(model == "enc_stub"):
+        for _ in range(warmup):
+            step()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = [step() for _ in range(repeats)]
     peak_rss = peak_rss_mb()
     peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss
     return {

@@ -464,11 +464,45 @@ def test_train_step_benchmark_worker_runs_every_model(dim):
     for model, row in rows.items():
         check_row(row, model, dim)
         with_vil = model not in ("resenc", "resunet")
-        placement = "enc" if model == "enc_ckpt" else model  # enc_ckpt: enc with checkpointed ViL stages
+        # enc_ckpt: enc with checkpointed ViL stages; enc_stub: enc with a stand-in for the mLSTM kernel
+        placement = "enc" if model in ("enc_ckpt", "enc_stub") else model
         assert row["vil_stages"] == (vil_stage_indices(placement, len(config.features), dim) if with_vil else [])
         if with_vil:  # the ViL modules add parameters on top of the same residual U-Net
             assert row["params"] > rows["resunet"]["params"]
     assert rows["resunet"]["params"] > rows["resenc"]["params"]  # residual vs plain-conv decoder
+    assert rows["enc_stub"]["params"] == rows["enc"]["params"]
+
+
+def test_train_step_benchmark_stub_kernel_replaces_and_restores_mlstm():
+    """enc_stub's stand-in has the kernel's output and state shapes, is what the ViL layers call inside the context
+    (the layer's output changes), and the real kernel is back afterwards, also after an error."""
+    from xlstm_unet import vil
+
+    bench = _load_benchmark()
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 40, 8) for _ in range(3))
+    i, f = (torch.randn(2, 4, 40) for _ in range(2))
+    h, state = bench.stub_mlstm(q, k, v, i, f, return_state=True)
+    h_ref, state_ref = vil.mlstm(q, k, v, i, f, return_state=True)
+    assert h.shape == h_ref.shape and [s.shape for s in state] == [s.shape for s in state_ref]
+    torch.testing.assert_close(h, v + q * k + (i + f)[..., None])
+
+    original = vil.mlstm
+    layer = vil.ViLLayer(16).eval()
+    x = torch.randn(2, 40, 16)
+    with torch.no_grad():
+        real = layer(x)
+        with bench.mlstm_replaced(True):
+            assert vil.mlstm is bench.stub_mlstm
+            stubbed = layer(x)
+        with bench.mlstm_replaced(False):
+            assert vil.mlstm is original
+    assert vil.mlstm is original
+    assert not torch.allclose(real, stubbed)
+    with pytest.raises(RuntimeError, match="inside"):
+        with bench.mlstm_replaced(True):
+            raise RuntimeError("inside")
+    assert vil.mlstm is original
 
 
 def test_train_step_benchmark_quick_json_schema():
