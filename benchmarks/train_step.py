@@ -137,7 +137,7 @@ def build_model(model: str, dim: int, config: Config):
 def stub_mlstm(q, k, v, i, f, *, state=None, return_state=False, **_):
     """Elementwise stand-in for :func:`xlstm_unet.vil.mlstm` (``enc_stub``): ``h = v + q * k + i + f``, ``(B, NH, S,
     DH)``, in the kernel's compute dtype, and with ``return_state`` an empty state of the kernel's shapes. It mixes no
-    tokens; it only keeps the layer's data flow (and gradients to q, k, v, i, f) at the cost of three elementwise ops
+    tokens; it only keeps the layer's data flow (and gradients to q, k, v, i, f) at the cost of four elementwise ops
     (memory-bound, like the real kernel's own elementwise part)."""
     import torch
 
