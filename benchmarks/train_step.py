@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from xlstm_unet.benchmarking import ChildFailed, peak_rss_mb, run_in_child  # noqa: E402
+from xlstm_unet.benchmarking import ChildFailed, peak_memory_mb, peak_rss_mb, run_in_child  # noqa: E402
 
 logger = logging.getLogger("train_step")
 
@@ -61,6 +61,8 @@ checkpointing of every ViL stage (``vil_kwargs={"checkpoint": True}``; the defau
 that run in pieces, i.e. the long sequences on CPU); ``enc_stub`` is ``enc`` with the mLSTM kernel replaced by an
 elementwise stand-in (:func:`stub_mlstm`, no sequence mixing): not a model, a lower bound on ``enc``'s step time with
 an infinitely fast kernel, i.e. what the rest of the ViL stages (projections, conv, norms, gating) costs."""
+ENC_VARIANTS = ("enc_ckpt", "enc_stub")
+"""The extra models that build ``enc`` (placement ``"enc"``) and differ in how they run it."""
 DIMS = (2, 3)
 PRELOAD = ("torch", "dynamic_network_architectures.architectures.unet", "xlstm_unet.networks")
 """Modules the parent imports before forking the workers (~2.5 s that each worker would otherwise spend)."""
@@ -120,11 +122,11 @@ def build_model(model: str, dim: int, config: Config):
         net = ResidualEncoderUNet(**kwargs, n_blocks_per_stage=list(config.blocks))
     elif model == "resunet":
         net = ResidualUNet(**kwargs, n_blocks_per_stage=list(config.blocks))
-    elif model in MODELS or model in ("enc_ckpt", "enc_stub"):
+    elif model in MODELS or model in ENC_VARIANTS:
         net = XLSTMUNet(
             **kwargs,
             n_blocks_per_stage=list(config.blocks),
-            vil_placement="enc" if model in ("enc_ckpt", "enc_stub") else model,
+            vil_placement="enc" if model in ENC_VARIANTS else model,
             vil_kwargs={"checkpoint": True} if model == "enc_ckpt" else None,
             patch_size=list(config.size),
         )
@@ -139,9 +141,9 @@ def stub_mlstm(q, k, v, i, f, *, state=None, return_state=False, **_):
     DH)``, in the kernel's compute dtype, and with ``return_state`` an empty state of the kernel's shapes. It mixes no
     tokens; it only keeps the layer's data flow (and gradients to q, k, v, i, f) at the cost of four elementwise ops
     (memory-bound, like the real kernel's own elementwise part)."""
-    import torch
+    from xlstm_unet.vil import _compute_dtype
 
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dtype = _compute_dtype(q)
     q, k, v, i, f = (t.to(dtype) for t in (q, k, v, i, f))
     h = v + q * k + (i + f)[..., None]  # (B, NH, S, DH)
     if not return_state:
@@ -208,8 +210,7 @@ def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         times = [step() for _ in range(repeats)]
-    peak_rss = peak_rss_mb()
-    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss
+    peak_rss, peak_mb = peak_rss_mb(), peak_memory_mb(device)
     return {
         "model": model,
         "dim": dim,

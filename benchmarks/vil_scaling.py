@@ -40,7 +40,7 @@ import torch
 from mlstm_kernels.torch import get_available_mlstm_kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from xlstm_unet.benchmarking import peak_rss_mb, run_in_child  # noqa: E402
+from xlstm_unet.benchmarking import peak_memory_mb, run_in_child  # noqa: E402
 from xlstm_unet.vil import ViLBlock  # noqa: E402
 
 FULL = {"dim": 256, "batch": 2, "chunkwise_S": [1024, 4096, 16384], "parallel_S": [1024, 4096], "diff_S": 1024}
@@ -81,7 +81,7 @@ def _row_worker(spec: dict[str, Any]) -> dict[str, Any]:
         _sync(device)
         if rep > 0:
             times.append(time.perf_counter() - start)
-    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
+    peak_mb = peak_memory_mb(device)
     return {"backend": spec["backend"], "S": spec["S"], "fwd_bwd_s": statistics.median(times), "peak_mb": peak_mb}
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from xlstm_unet.benchmarking import ChildFailed, peak_rss_mb, run_in_child, start_method
+from xlstm_unet.benchmarking import ChildFailed, peak_memory_mb, peak_rss_mb, run_in_child, start_method
 
 
 def _touch_mb(mb: int) -> dict:
@@ -53,6 +53,12 @@ def test_runs_in_another_process(device):
     # "cuda" spawns a fresh interpreter (whether or not this machine has a GPU: the function uses none)
     pid, value = run_in_child(_pid_and_square, 7, device=device)
     assert value == 49 and pid != os.getpid()
+
+
+def test_peak_memory_on_cpu_is_the_peak_rss():
+    before = peak_rss_mb()
+    assert before <= peak_memory_mb("cpu") <= peak_memory_mb(torch.device("cpu")) <= peak_rss_mb()
+    assert before > 50  # this process has imported torch: tens of MB at least, in MiB not KiB or bytes
 
 
 def test_start_method():

@@ -31,6 +31,15 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def peak_memory_mb(device: Any) -> float:
+    """A row's peak memory in MiB on ``device`` (a name or ``torch.device``): ``torch.cuda.max_memory_allocated``
+    on CUDA (since the last ``reset_peak_memory_stats``), else this process's peak RSS (:func:`peak_rss_mb`)."""
+    import torch
+
+    device = torch.device(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
+
+
 def _child_main(conn: Any, fn: Callable[..., Any], args: tuple) -> None:
     try:
         conn.send(("ok", fn(*args)))
