@@ -110,6 +110,10 @@ class MonaiBaselineTrainer(nnUNetTrainerRecipe):
                 f"{list(original)} of the plans rounded up to {list(patch)} (used for training and inference).")
 
     @classmethod
+    def plans_for_network(cls, plans: dict, configuration: str) -> dict:
+        return adapt_plans_patch_size(plans, configuration, cls.patch_divisor())[0]
+
+    @classmethod
     def patch_divisor(cls) -> int:
         """The number each patch axis must be divisible by (see :func:`xlstm_unet.baselines.patch_divisor`)."""
         return patch_divisor(cls.network_name, cls.network_kwargs)

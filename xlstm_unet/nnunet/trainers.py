@@ -21,14 +21,25 @@ Behaviour added to nnU-Net's trainer (nothing of nnU-Net is patched):
 - ``XLSTM_UNET_STOP_AFTER_EPOCH=N`` (or ``train(..., stop_after_epoch=N)``) saves ``checkpoint_latest.pth`` after
   epoch N and exits cleanly, for time-sliced jobs; continue with ``--c`` / ``resume=True``;
 - short budgets save ``checkpoint_latest.pth`` every epoch and shorten the per-epoch validation;
-- deep supervision is turned off for 2-stage plans (tiny images), where nnU-Net's loss weights would be 0/0.
+- deep supervision is turned off for 2-stage plans (tiny images), where nnU-Net's loss weights would be 0/0;
+- ``_bs<N>`` sets the batch size in the trainer's copy of the plans (so ``plans.json`` in the results folder says
+  what ran), ``_noamp`` trains in float32 on CUDA, ``_seed<N>`` seeds python, numpy and torch before anything is
+  built;
+- ``torch.compile`` stays off unless ``nnUNet_compile=1`` is set (nnU-Net 2.8 compiles on CUDA by default): the ViL
+  kernels (triton, a custom autograd Function, checkpointing, ``malloc_trim``) and MONAI's networks have not been
+  compiled and tested, and every method of a comparison should run the same way.
 """
 
 from __future__ import annotations
 
+import copy
+import csv
+import functools
 import json
 import math
 import os
+import random
+import time
 from typing import ClassVar
 
 import numpy as np
@@ -44,6 +55,10 @@ __all__ = [
     "NonFiniteLossError",
     "TrainingPaused",
     "STOP_AFTER_EPOCH_ENV",
+    "COMPILE_ENV",
+    "CURVE_FILE",
+    "force_fp32",
+    "seed_everything",
     "nnUNetTrainerRecipe",
 
     "nnUNetTrainerXLSTMBot",
@@ -53,6 +68,38 @@ __all__ = [
 ]
 
 STOP_AFTER_EPOCH_ENV = "XLSTM_UNET_STOP_AFTER_EPOCH"
+COMPILE_ENV = "nnUNet_compile"
+#: Per-epoch training curve written into the fold folder (losses, pseudo Dice, lr, wall and CPU seconds).
+CURVE_FILE = "training_curve.csv"
+_TRUE = ("1", "true", "t", "yes")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators (nnU-Net's in-process augmentation draws from them)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def force_fp32(network: nn.Module) -> nn.Module:
+    """Run ``network``'s forward in float32 even inside an autocast region (nnU-Net's AMP); returns ``network``.
+
+    The forward is wrapped on the instance, so parameter names (and checkpoints) stay the same; floating inputs are
+    cast to float32.
+    """
+    if getattr(network, "_forced_fp32", False):
+        return network
+    forward = network.forward
+
+    @functools.wraps(forward)
+    def fp32_forward(*args, **kwargs):
+        args = tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return forward(*args, **kwargs)
+
+    network.forward = fp32_forward
+    network._forced_fp32 = True
+    return network
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -78,6 +125,9 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
         recipe: ``"paper"`` (AdamW, paper lr) or ``"official"`` (SGD 5e-3).
         budget_epochs, budget_iterations: ``None`` keeps nnU-Net's 1000 epochs x 250 iterations.
         lr_override: an explicit learning rate.
+        batch_size_override: a batch size instead of the plans'.
+        amp: ``False`` trains in float32 on CUDA (no autocast, no grad scaler); CPU training never uses AMP.
+        seed: seed of python, numpy and torch, set before anything is built (``None``: not seeded, as nnU-Net).
         recipe_variant: ``"bot"`` or ``"enc"``, for the paper's per-variant cell learning rate.
     """
 
@@ -85,11 +135,24 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
     budget_epochs: ClassVar[int | None] = None
     budget_iterations: ClassVar[int | None] = None
     lr_override: ClassVar[float | None] = None
+    batch_size_override: ClassVar[int | None] = None
+    amp: ClassVar[bool] = True
+    seed: ClassVar[int | None] = None
     recipe_variant: ClassVar[str | None] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        if self.seed is not None:
+            seed_everything(self.seed)
+        if self.batch_size_override is not None:
+            plans = copy.deepcopy(plans)
+            if configuration not in plans.get("configurations", {}):
+                raise ValueError(f"configuration {configuration!r} is not in the plans "
+                                 f"(available: {sorted(plans.get('configurations', {}))})")
+            plans["configurations"][configuration]["batch_size"] = int(self.batch_size_override)
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if not self.amp:
+            self.grad_scaler = None  # float32 training: nothing to scale (the network runs under force_fp32)
         if self.budget_epochs is not None:
             self.num_epochs = int(self.budget_epochs)
         if self.budget_iterations is not None:
@@ -108,6 +171,32 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
         self.weight_decay = self.resolved_recipe.weight_decay
         stop = os.environ.get(STOP_AFTER_EPOCH_ENV)
         self.stop_after_epoch: int | None = int(stop) if stop else None
+
+    def _do_i_compile(self) -> bool:
+        if os.environ.get(COMPILE_ENV, "").lower() in _TRUE:
+            return super()._do_i_compile()
+        if self.device.type == "cuda":
+            self.print_to_log_file(f"torch.compile off (set {COMPILE_ENV}=1 to compile): xlstm-unet's trainers "
+                                   "run every method eagerly, since the ViL kernels and baselines are not tested "
+                                   "under torch.compile.")
+        return False
+
+    @classmethod
+    def plans_for_network(cls, plans: dict, configuration: str) -> dict:
+        """The plans this trainer builds its network from (a subclass may adapt them, e.g. the patch size)."""
+        return plans
+
+    @classmethod
+    def network_for_plans(cls, plans: dict, configuration: str, num_input_channels: int, num_output_channels: int,
+                          deep_supervision: bool = True) -> tuple[nn.Module, tuple[int, ...]]:
+        """The network this trainer trains for ``plans`` (outside a training run, e.g. for benchmarks), and the
+        patch size it trains on."""
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        cm = PlansManager(cls.plans_for_network(plans, configuration)).get_configuration(configuration)
+        net = cls.build_network_architecture(PlansManager(plans), cm, num_input_channels, num_output_channels,
+                                             deep_supervision)
+        return net, tuple(int(p) for p in cm.patch_size)
 
     @property
     def dataset_protocol(self) -> str | None:
@@ -135,6 +224,10 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
             "full_budget": self.budget_epochs is None and self.budget_iterations is None,
             "batch_size": self.configuration_manager.batch_size,
             "patch_size": list(self.configuration_manager.patch_size),
+            "spacing": list(self.configuration_manager.spacing),
+            "amp": bool(self.amp and self.device.type == "cuda"),
+            "compile": hasattr(self.network, "_orig_mod"),  # what torch.compile wraps
+            "seed": self.seed,
             "configuration": self.configuration_name,
             "plans": self.plans_manager.plans_name,
             "fold": self.fold,
@@ -163,6 +256,30 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
                 "Try a lower learning rate, or the 'official' recipe.")
         return out
 
+    def on_epoch_start(self):
+        self._epoch_cpu_start = time.process_time()
+        super().on_epoch_start()
+
+    def write_curve_row(self, epoch: int) -> None:
+        """Write epoch ``epoch``'s row of ``training_curve.csv`` (rows from a run that crashed after the last
+        checkpoint are replaced when the resumed run reaches them again)."""
+        get = self.logger.get_value
+        row = {"epoch": epoch, "train_loss": get("train_losses", epoch), "val_loss": get("val_losses", epoch),
+               "pseudo_dice": get("mean_fg_dice", epoch), "ema_pseudo_dice": get("ema_fg_dice", epoch),
+               "lr": get("lrs", epoch),
+               "epoch_s": get("epoch_end_timestamps", epoch) - get("epoch_start_timestamps", epoch),
+               "epoch_cpu_s": time.process_time() - getattr(self, "_epoch_cpu_start", time.process_time())}
+        path = os.path.join(self.output_folder, CURVE_FILE)
+        rows = []
+        if os.path.isfile(path):
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["epoch"]) < epoch]
+        rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            writer.writeheader()
+            writer.writerows(rows)
+
     def on_epoch_end(self):
         epoch = self.current_epoch
         stop = (self.stop_after_epoch is not None and epoch + 1 >= self.stop_after_epoch
@@ -171,6 +288,8 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
         if stop and self.local_rank == 0:
             self.save_checkpoint(latest)
         super().on_epoch_end()
+        if self.local_rank == 0:
+            self.write_curve_row(epoch)
         if stop:
             self.print_to_log_file(f"Paused after epoch {epoch} ({STOP_AFTER_EPOCH_ENV}); resume with --c.")
             for loader in (self.dataloader_train, self.dataloader_val):
