@@ -14,17 +14,20 @@ On CPU, ``nnUNet_n_proc_DA`` defaults to 0 (augmentation in the training process
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from xlstm_unet._io import temp_file_beside
 from xlstm_unet.nnunet.env import apply_env
 from xlstm_unet.nnunet.methods import PLANNERS, get_method
+from xlstm_unet.nnunet.plans import add_configuration, parse_configuration
 from xlstm_unet.nnunet.trainers import STOP_AFTER_EPOCH_ENV, TrainingPaused
 from xlstm_unet.nnunet.variants import trainer_variant_name
 
-__all__ = ["prepare", "train", "predict", "model_folder", "dataset_name", "trainer_name"]
+__all__ = ["prepare", "write_splits", "train", "predict", "model_folder", "dataset_name", "trainer_name"]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,12 @@ def _dataset_id(dataset: int | str) -> int:
 
 
 def trainer_name(method: str, *, epochs: int | None = None, iterations: int | None = None,
-                 recipe: str = "paper", lr: float | None = None) -> str:
-    """The trainer class name for a method and budget, e.g. ``nnUNetTrainerXLSTMEnc_5ep_10it``."""
+                 recipe: str = "paper", lr: float | None = None, batch_size: int | None = None, amp: bool = True,
+                 seed: int | None = None) -> str:
+    """The trainer class name for a method and budget, e.g. ``nnUNetTrainerXLSTMEnc_5ep_10it``
+    (see :mod:`xlstm_unet.nnunet.variants` for the grammar)."""
     return trainer_variant_name(get_method(method).trainer, recipe=recipe, epochs=epochs, iterations=iterations,
-                                lr=lr)
+                                lr=lr, batch_size=batch_size, amp=amp, seed=seed)
 
 
 def prepare(dataset: int | str, *, configurations: Sequence[str] = ("2d",), plans: Sequence[str] = ("nnUNetPlans",),
@@ -56,11 +61,17 @@ def prepare(dataset: int | str, *, configurations: Sequence[str] = ("2d",), plan
 
     Args:
         dataset: id, ``DatasetXXX_Name`` or raw folder.
-        configurations: nnU-Net configurations to preprocess (``2d``, ``3d_fullres``).
+        configurations: nnU-Net configurations to preprocess (``2d``, ``3d_fullres``), or overrides of them named
+            as in :mod:`xlstm_unet.nnunet.plans` (``2d_p320x320``, ``2d_sp2x2``), which are added to the plans.
         plans: plans identifiers; ``nnUNetPlans`` (default planner) and/or ``nnUNetResEncUNetMPlans`` (ResEnc M).
         num_processes: worker processes for fingerprinting and preprocessing.
         verify: run nnU-Net's ``verify_dataset_integrity`` first.
         overwrite: redo steps whose outputs exist (otherwise they are skipped).
+
+    The converter's split reaches nnU-Net: where ``split.json`` has a validation part (``val``), fold 0 of
+    ``splits_final.json`` is the converter's train/validation split and folds 1-4 are nnU-Net's own seeded 5-fold
+    split of the training cases (see :func:`write_splits`). Without one, nnU-Net's 5-fold split is used as usual;
+    ``fold="all"`` trains on every training case.
 
     Returns:
         The dataset's folder in ``nnUNet_preprocessed``.
@@ -78,19 +89,24 @@ def prepare(dataset: int | str, *, configurations: Sequence[str] = ("2d",), plan
     da = os.environ.get("nnUNet_n_proc_DA")
     with _env(nnUNet_n_proc_DA="1" if da == "0" else da):
         _prepare(pp, did, out, configurations, plans, num_processes, verify, overwrite)
+    write_splits(name, overwrite=overwrite)
     return out
 
 
 def _prepare(pp, did: int, out: Path, configurations, plans, num_processes: int, verify: bool,
              overwrite: bool) -> None:
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
     if overwrite or not (out / "dataset_fingerprint.json").is_file():
         pp.extract_fingerprints([did], num_processes=num_processes, check_dataset_integrity=verify, clean=True,
                                 verbose=False)
     for plans_id in plans:
         if overwrite or not (out / f"{plans_id}.json").is_file():
             pp.plan_experiments([did], PLANNERS[plans_id])
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
+        for c in configurations:
+            override = parse_configuration(c)
+            if override.is_override:
+                add_configuration(did, out / f"{plans_id}.json", override)
         pm = PlansManager(str(out / f"{plans_id}.json"))
         todo = []
         for c in configurations:
@@ -102,6 +118,43 @@ def _prepare(pp, did: int, out: Path, configurations, plans, num_processes: int,
                 todo.append(c)
         if todo:
             pp.preprocess([did], plans_id, todo, [num_processes] * len(todo), verbose=False)
+
+
+def write_splits(dataset: int | str, *, overwrite: bool = False) -> Path | None:
+    """Write nnU-Net's ``splits_final.json`` from the converter's ``split.json`` where it has a validation part.
+
+    Fold 0 is the converter's split (``train`` without ``val`` / ``val``); folds 1-4 are nnU-Net's own seeded
+    5-fold split (``generate_crossval_split``, seed 12345) of all training cases. An existing file is kept unless
+    ``overwrite``; one whose fold 0 differs from the converter's gets a warning. Returns the file, or ``None`` when
+    the converter's split has no validation part (nnU-Net then writes its own 5-fold split on first training).
+    """
+    dirs = apply_env()
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    name = dataset_name(dataset)
+    split_file = Path(dirs["nnUNet_raw"]) / name / "split.json"
+    if not split_file.is_file():
+        return None
+    split = json.loads(split_file.read_text())
+    val = sorted(split.get("val") or [])
+    if not val:
+        return None
+    cases = sorted(split["train"])
+    fold0 = {"train": [c for c in cases if c not in set(val)], "val": val}
+    splits = [fold0] + generate_crossval_split(cases, seed=12345, n_splits=5)[1:]
+    out = Path(dirs["nnUNet_preprocessed"]) / name / "splits_final.json"
+    if out.is_file() and not overwrite:
+        existing = json.loads(out.read_text())
+        if not existing or sorted(existing[0]["val"]) != val:
+            log.warning("%s: fold 0 differs from the converter's split in %s; kept (overwrite=True replaces it)",
+                        out, split_file)
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = temp_file_beside(out)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(splits, fh, indent=2)
+    os.replace(tmp, out)
+    return out
 
 
 @contextlib.contextmanager
@@ -122,19 +175,19 @@ def _env(**values: str | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def model_folder(dataset: int | str, method: str, *, configuration: str = "2d", epochs: int | None = None,
-                 iterations: int | None = None, recipe: str = "paper", lr: float | None = None) -> Path:
-    """nnU-Net's results folder ``<nnUNet_results>/<Dataset>/<trainer>__<plans>__<configuration>``."""
+def model_folder(dataset: int | str, method: str, *, configuration: str = "2d", **variant) -> Path:
+    """nnU-Net's results folder ``<nnUNet_results>/<Dataset>/<trainer>__<plans>__<configuration>``; ``variant``:
+    the keyword arguments of :func:`trainer_name` (budget, recipe, lr, batch size, amp, seed)."""
     dirs = apply_env()
-    tr = trainer_name(method, epochs=epochs, iterations=iterations, recipe=recipe, lr=lr)
+    tr = trainer_name(method, **variant)
     plans = get_method(method).plans
     return Path(dirs["nnUNet_results"]) / dataset_name(dataset) / f"{tr}__{plans}__{configuration}"
 
 
 def train(dataset: int | str, method: str = "xlstm_enc", *, configuration: str = "2d", fold: int | str = 0,
           epochs: int | None = None, iterations: int | None = None, recipe: str = "paper", lr: float | None = None,
-          device: str = "cpu", resume: bool = False, stop_after_epoch: int | None = None,
-          validate: bool = True) -> Path:
+          batch_size: int | None = None, amp: bool = True, seed: int | None = None, device: str = "cpu",
+          resume: bool = False, stop_after_epoch: int | None = None, validate: bool = True) -> Path:
     """Train one method on one fold with nnU-Net's own training loop.
 
     Args:
@@ -143,6 +196,10 @@ def train(dataset: int | str, method: str = "xlstm_enc", *, configuration: str =
         epochs, iterations: a short budget (``None`` = nnU-Net's 1000 x 250). The trainer's name, and so the
             results folder, says so: ``nnUNetTrainerXLSTMEnc_5ep_10it``.
         recipe: ``"paper"`` (AdamW) or ``"official"`` (SGD); ``lr`` overrides the learning rate.
+        batch_size: instead of the plans' (``_bs<N>``); ``amp=False``: float32 on CUDA (``_noamp``); ``seed``:
+            seed python, numpy and torch before anything is built (``_seed<N>``).
+        configuration: an nnU-Net configuration, or an override prepared by :func:`prepare` (``2d_p320x320``).
+        fold: 0-4, or ``"all"`` (every training case; nnU-Net then validates on the training cases).
         device: ``"cpu"`` or ``"cuda"`` (AMP on CUDA; the mLSTM runs in float32).
         resume: continue from ``checkpoint_latest.pth`` (as ``nnUNetv2_train --c``).
         stop_after_epoch: stop cleanly after this many epochs, keeping ``checkpoint_latest.pth`` (resume later).
@@ -160,7 +217,8 @@ def train(dataset: int | str, method: str = "xlstm_enc", *, configuration: str =
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was requested but CUDA is not available")
-    tr = trainer_name(method, epochs=epochs, iterations=iterations, recipe=recipe, lr=lr)
+    tr = trainer_name(method, epochs=epochs, iterations=iterations, recipe=recipe, lr=lr, batch_size=batch_size,
+                      amp=amp, seed=seed)
     plans = get_method(method).plans
     env = {STOP_AFTER_EPOCH_ENV: str(stop_after_epoch) if stop_after_epoch else None}
     if str(device) == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
