@@ -56,12 +56,16 @@ def _params(dataset, configuration, data_dir, methods, epochs, iterations, conve
         f'data_dir: str = "{data_dir}"  # raw data folder (empty: the converter default)\n'
         f"methods: list = {methods!r}  # method names (xlstm_unet.nnunet.METHODS)\n"
         f'configuration: str = "{configuration}"  # nnU-Net configuration\n'
-        "fold: int = 0  # nnU-Net fold: 0-4, or all (needed below 5 training cases)\n"
+        "fold: int = 0  # nnU-Net fold: 0-4, or all (every training case; needed below 5 training cases)\n"
         f"epochs: int = {epochs}  # epochs per method (nnU-Net's full budget: 1000)\n"
         f"iterations_per_epoch: int = {iterations}  # iterations per epoch (nnU-Net's full budget: 250)\n"
+        "batch_size: int = 0  # batch size (0: the plans')\n"
         'recipe: str = "paper"  # paper (AdamW) or official (SGD)\n'
+        "amp: bool = True  # mixed precision on CUDA (False: float32, the _noamp trainers)\n"
         'device: str = "cpu"  # cpu or cuda\n'
-        "seed: int = 0  # split and training seed\n"
+        "seed: int = 0  # split seed (and the training seed when seeds is empty)\n"
+        "seeds: list = []  # training seeds, one training run each (empty: [seed])\n"
+        "seeds_by_method: dict = {}  # per-method training seeds, overriding seeds\n"
         "mirroring: bool = True  # nnU-Net's test-time mirroring when predicting\n"
         f'output_dir: str = "{output_dir}"  # results root, relative to the repository\n'
         f'figure_dir: str = "{figure_dir}"  # tables and figures, relative to the repository\n'
@@ -83,9 +87,14 @@ SETUP = (
 RUN = (
     "res = run_experiment(dataset, methods, source=data_dir or None, convert_options=convert_options,\n"
     "                     configuration=configuration, fold=fold, epochs=epochs, iterations=iterations_per_epoch,\n"
-    "                     recipe=recipe, device=device, seed=seed, output_dir=output_dir, force=force,\n"
-    "                     mirroring=mirroring)\n"
+    "                     batch_size=batch_size or None, recipe=recipe, amp=amp, device=device, seed=seed,\n"
+    "                     seeds=seeds or None, seeds_by_method=seeds_by_method, output_dir=output_dir,\n"
+    "                     force=force, mirroring=mirroring)\n"
     "res.results_dir")
+
+CURVES = (
+    "from xlstm_unet.figures import plot_training_curves\n\n"
+    'plot_training_curves(res.results_dir, methods, fig_dir / "training_curves")')
 
 TABLE = (
     "from xlstm_unet.figures import results_table, save_table\n\n"
@@ -117,6 +126,9 @@ def experiment_notebook(title: str, description: str, params: str, paper: bool, 
         new_code_cell(SETUP),
         new_markdown_cell("## Convert, plan, train, predict, evaluate\nnnU-Net prints one block per epoch."),
         new_code_cell(RUN),
+        new_markdown_cell("## Training curves\nPer method and training seed: training and validation loss, and "
+                          "nnU-Net's pseudo Dice on the validation batches."),
+        new_code_cell(CURVES),
         new_markdown_cell("## Results (mean ± std over test cases"
                           + (", the paper's number beside each cell" if paper else "")
                           + ", paired Wilcoxon p-value against xLSTM-UNet Enc)"),
@@ -212,6 +224,8 @@ def main() -> None:
     nbs["30_results_tables"] = results_tables_notebook()
     nbs["31_efficiency_report"] = efficiency_notebook()
     for name, nb in nbs.items():
+        for i, cell in enumerate(nb.cells):
+            cell.id = f"{name[:20]}-{i:02d}"  # stable ids: a rebuild changes only what the template changes
         nbformat.write(nb, HERE / f"{name}.ipynb")
 
 

@@ -8,31 +8,41 @@
 Results layout (read by :mod:`xlstm_unet.figures` and :mod:`xlstm_unet.viewer`)::
 
     <output_dir>/<DatasetXXX_Name>/
-        split.json                      the converter's seeded split (copied)
+        split.json                          the converter's seeded split (copied)
         <method>/
-            predictions/<case><ending>  nnU-Net's predictions of the test split
-            per_case.csv, summary.json  xlstm_unet.evaluation (the dataset's protocol)
-            run.json                    method, trainer, recipe, budget, model folder, seed, device
+            per_case.csv, summary.json      per-case scores averaged over the training seeds, with the seed spread
+            seed<k>/                        one training run (training seed k)
+                predictions/<case><ending>  nnU-Net's predictions of the test split
+                per_case.csv, summary.json  xlstm_unet.evaluation (the dataset's protocol)
+                training_curve.csv          per epoch: losses, pseudo Dice, lr, wall and CPU seconds
+                progress.png                nnU-Net's training plot
+                run.json                    parameters, budget, recipe, timing, code commit; written last
 
-Every method shares the data, nnU-Net's plans (patch size), the loss, the recipe and the budget. Steps whose
-outputs exist are reused unless ``force=True``: a re-run after a crash continues where it stopped.
+Every method shares the data, nnU-Net's plans (patch size), the loss, the recipe and the budget. A (method, seed)
+run is skipped when its ``run.json`` records the same parameters (so a batch re-run trains only what is missing or
+changed), a training with ``checkpoint_latest.pth`` resumes, and ``force=True`` redoes everything.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
+import os
 import shutil
+import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from xlstm_unet._io import temp_file_beside
 from xlstm_unet.paths import REPO_ROOT
 
-__all__ = ["ExperimentResult", "run_experiment", "validate_experiment_args", "dataset_protocol", "table_metrics"]
+__all__ = ["ExperimentResult", "run_experiment", "validate_experiment_args", "dataset_protocol", "table_metrics",
+           "aggregate_seeds", "code_version"]
 
 log = logging.getLogger(__name__)
 
@@ -120,21 +130,86 @@ def validate_experiment_args(dataset: str, methods: Sequence[str], *, source=Non
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
 
-def _seed_everything(seed: int) -> None:
-    import torch
+def code_version() -> dict[str, Any]:
+    """The code that runs: the git commit of the repository and whether its tracked files differ from it."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
+                                  check=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", "xlstm_unet", "notebooks")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def _matches(run_file: Path, params: Mapping[str, Any]) -> bool:
+    try:
+        recorded = json.loads(run_file.read_text()).get("params")
+    except (OSError, json.JSONDecodeError):
+        return False
+    return recorded == json.loads(json.dumps(dict(params)))
+
+
+def _copy_curves(fold_dir: Path, out_dir: Path) -> None:
+    for name in ("training_curve.csv", "progress.png"):
+        if (fold_dir / name).is_file():
+            shutil.copyfile(fold_dir / name, out_dir / name)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    fd, tmp = temp_file_beside(path)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def aggregate_seeds(method_dir: Path, seeds: Sequence[int]) -> dict:
+    """Average ``<method_dir>/seed<k>/per_case.csv`` over the training seeds into ``<method_dir>/per_case.csv``.
+
+    Methods are compared on these seed-averaged per-case scores (one number per case). ``summary.json`` gets the
+    mean, std, median and n over cases of the averaged scores, and for each metric the per-seed means with their
+    spread (``seed_std``: std over seeds, ddof=0; 0 for one seed). Only cases scored under every seed are kept.
+    """
+    import pandas as pd
+
+    frames = [pd.read_csv(method_dir / f"seed{s}" / "per_case.csv") for s in seeds]
+    cases = set(frames[0]["case"].astype(str))
+    for f in frames[1:]:
+        cases &= set(f["case"].astype(str))
+    numeric = [c for c in frames[0].columns if c != "case" and pd.api.types.is_numeric_dtype(frames[0][c])]
+    stacked = pd.concat([f.assign(case=f["case"].astype(str)) for f in frames])
+    stacked = stacked[stacked["case"].isin(cases)]
+    mean = stacked.groupby("case", sort=True)[numeric].mean().reset_index()
+    summary: dict[str, Any] = {"seeds": list(seeds), "n_cases": len(mean), "metrics": {}, "per_seed": {}}
+    for col in numeric:
+        vals = mean[col].to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals)]
+        seed_means = [float(np.nanmean(f[f["case"].astype(str).isin(cases)][col])) for f in frames]
+        summary["metrics"][col] = {
+            "mean": float(np.mean(vals)) if vals.size else None, "std": float(np.std(vals)) if vals.size else None,
+            "median": float(np.median(vals)) if vals.size else None, "n": int(vals.size)}
+        summary["per_seed"][col] = {"means": seed_means, "seed_std": float(np.std(seed_means))}
+    first = json.loads((method_dir / f"seed{seeds[0]}" / "summary.json").read_text())
+    summary.update({k: v for k, v in first.items() if k not in ("metrics", "n_cases")})
+    fd, tmp = temp_file_beside(method_dir / "per_case.csv")
+    with os.fdopen(fd, "w") as fh:
+        mean.to_csv(fh, index=False)
+    os.replace(tmp, method_dir / "per_case.csv")
+    _write_json(method_dir / "summary.json", summary)
+    return summary
 
 
 def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path | None = None,
                    dataset_id: int | None = None, convert_options: Mapping | None = None,
                    configuration: str = "2d", fold: int | str = 0, epochs: int | None = None,
                    iterations: int | None = None, recipe: str = "paper", lr: float | None = None,
-                   device: str = "cpu", seed: int = 0, output_dir: str | Path = "results",
-                   force: bool = False, num_processes: int = 1, validate: bool = False,
-                   mirroring: bool = True) -> ExperimentResult:
+                   batch_size: int | None = None, amp: bool = True, device: str = "cpu", seed: int = 0,
+                   seeds: Sequence[int] | None = None, seeds_by_method: Mapping[str, Sequence[int]] | None = None,
+                   output_dir: str | Path = "results", force: bool = False, num_processes: int = 1,
+                   validate: bool = False, mirroring: bool = True) -> ExperimentResult:
     """Run one experiment end to end and return where its results are (see the module docstring).
 
     Args:
@@ -142,11 +217,16 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
         methods: method names (:data:`xlstm_unet.nnunet.methods.METHODS`).
         source: raw data folder (default: the converter's; the shared data for the real sample sets).
         convert_options: converter options (``max_cases``, ``n_train``, ...).
-        configuration: nnU-Net configuration (``2d`` or ``3d_fullres``).
+        configuration: nnU-Net configuration (``2d``, ``3d_fullres``) or an override of one
+            (``2d_p320x320``, ``2d_sp2x2``; :mod:`xlstm_unet.nnunet.plans`).
+        fold: nnU-Net fold (0-4) or ``"all"`` (train on every training case).
         epochs, iterations: training budget per method (``None`` = nnU-Net's full 1000 x 250).
         recipe, lr: optimiser recipe (``paper`` or ``official``) and an optional learning-rate override.
+        batch_size: instead of the plans' batch size; ``amp``: ``False`` trains in float32 on CUDA.
         device: ``cpu`` or ``cuda``.
-        seed: conversion split seed and torch/numpy seed before each training.
+        seed: the conversion split's seed, and the training seed when ``seeds`` is not given.
+        seeds: training seeds (each a separate training run; default ``[seed]``).
+        seeds_by_method: per-method training seeds, overriding ``seeds``.
         output_dir: results root; relative paths are taken from the repository root.
         force: redo conversion, preprocessing, training and evaluation even where outputs exist.
         num_processes: worker processes for nnU-Net's fingerprinting and preprocessing.
@@ -156,8 +236,7 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
     """
     validate_experiment_args(dataset, methods, source=source, device=device, configuration=configuration)
     from xlstm_unet.datasets import DATASETS, convert
-    from xlstm_unet.evaluation import evaluate_folder
-    from xlstm_unet.nnunet import model_folder, predict, prepare, train, trainer_name
+    from xlstm_unet.nnunet import prepare
     from xlstm_unet.nnunet.env import apply_env
     from xlstm_unet.nnunet.methods import get_method
 
@@ -180,34 +259,101 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
     results = out_root / raw.name
     results.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(raw / "split.json", results / "split.json")
-    protocol = dataset_protocol(raw)
-    ds_json = json.loads((raw / "dataset.json").read_text())
-    labels = ds_json["labels"]  # {name: id}, or {name: [ids]} regions (BraTS)
-    inst = raw / "labelsTs_instances"
-
+    setting = _Setting(raw=raw, configuration=configuration, fold=fold, device=device, split_seed=seed,
+                       mirroring=mirroring, validate=validate, force=force,
+                       variant=dict(epochs=epochs, iterations=iterations, recipe=recipe, lr=lr,
+                                    batch_size=batch_size, amp=amp))
     res = ExperimentResult(dataset=raw.name, raw_dir=raw, results_dir=results, methods=list(methods))
     for m in methods:
-        mdir = results / m
-        summary_file = mdir / "summary.json"
-        if summary_file.is_file() and not force:
-            log.info("%s: results exist, skipping (force=True reruns)", m)
-            res.summaries[m] = json.loads(summary_file.read_text())
-            continue
-        budget = dict(epochs=epochs, iterations=iterations, recipe=recipe, lr=lr)
-        folder = model_folder(raw.name, m, configuration=configuration, **budget)
-        fold_dir = folder / f"fold_{fold}"
-        if force or not (fold_dir / "checkpoint_final.pth").is_file():
-            _seed_everything(seed)
-            fold_dir = train(raw.name, m, configuration=configuration, fold=fold, device=device,
-                             resume=(fold_dir / "checkpoint_latest.pth").is_file() and not force,
-                             validate=validate, **budget)
-        pred = predict(fold_dir, raw / "imagesTs", mdir / "predictions", device=device, mirroring=mirroring)
-        summary = evaluate_folder(pred, raw / "labelsTs", protocol=protocol, out_dir=mdir, labels=labels,
-                                  gt_instances_dir=inst if inst.is_dir() else None, progress=False)
-        run = {"method": m, "dataset": raw.name, "trainer": trainer_name(m, **budget), "plans": get_method(m).plans,
-               "configuration": configuration, "fold": fold, "recipe": recipe, "lr": lr, "epochs": epochs,
-               "iterations_per_epoch": iterations, "seed": seed, "device": device, "mirroring": mirroring, "model_folder": str(folder),
-               "protocol": protocol}
-        (mdir / "run.json").write_text(json.dumps(run, indent=2))
-        res.summaries[m] = summary
+        method_seeds = list((seeds_by_method or {}).get(m) or seeds or [seed])
+        for s in method_seeds:
+            _run_seed(setting, m, s, results / m / f"seed{s}")
+        res.summaries[m] = aggregate_seeds(results / m, method_seeds)
     return res
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """What every (method, seed) run of one experiment shares."""
+
+    raw: Path
+    configuration: str
+    fold: int | str
+    device: str
+    split_seed: int
+    mirroring: bool
+    validate: bool
+    force: bool
+    variant: Mapping[str, Any]
+
+
+def _run_seed(st: _Setting, method: str, seed: int, out: Path) -> None:
+    """Train, predict and evaluate one method with one training seed into ``out`` (skipped when ``out/run.json``
+    records the same parameters and the scores exist)."""
+    import torch
+
+    from xlstm_unet.evaluation import evaluate_folder
+    from xlstm_unet.nnunet import model_folder, predict, train, trainer_name
+    from xlstm_unet.nnunet.methods import get_method
+
+    trainer = trainer_name(method, seed=seed, **st.variant)
+    params = {"method": method, "dataset": st.raw.name, "trainer": trainer, "plans": get_method(method).plans,
+              "configuration": st.configuration, "fold": st.fold, "split_seed": st.split_seed, "seed": seed,
+              "device": st.device, "mirroring": st.mirroring}
+    if not st.force and _matches(out / "run.json", params) and (out / "per_case.csv").is_file() \
+            and (out / "summary.json").is_file():
+        log.info("%s seed %d: results exist with the same parameters, skipping (force=True reruns)", method, seed)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").unlink(missing_ok=True)  # written last: its presence marks a finished run
+    folder = model_folder(st.raw.name, method, configuration=st.configuration, seed=seed, **st.variant)
+    fold_dir = folder / f"fold_{st.fold}"
+    t0, c0 = time.perf_counter(), time.process_time()
+    trained_now = st.force or not (fold_dir / "checkpoint_final.pth").is_file()
+    if trained_now:
+        fold_dir = train(st.raw.name, method, configuration=st.configuration, fold=st.fold, device=st.device,
+                         resume=(fold_dir / "checkpoint_latest.pth").is_file() and not st.force,
+                         validate=st.validate, seed=seed, **st.variant)
+        if not (fold_dir / "checkpoint_final.pth").is_file():
+            raise RuntimeError(f"{method} seed {seed}: training stopped before its last epoch (no "
+                               f"checkpoint_final.pth in {fold_dir}); run again to resume")
+    train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t1 = time.perf_counter()
+    pred = predict(fold_dir, st.raw / "imagesTs", out / "predictions", device=st.device, mirroring=st.mirroring)
+    predict_s = time.perf_counter() - t1
+    protocol = dataset_protocol(st.raw)
+    labels = json.loads((st.raw / "dataset.json").read_text())["labels"]  # {name: id} or {name: [ids]} (BraTS)
+    inst = st.raw / "labelsTs_instances"
+    evaluate_folder(pred, st.raw / "labelsTs", protocol=protocol, out_dir=out, labels=labels,
+                    gt_instances_dir=inst if inst.is_dir() else None, progress=False)
+    _copy_curves(fold_dir, out)
+    run_config = json.loads((fold_dir / "run_config.json").read_text()) if (fold_dir / "run_config.json").is_file() \
+        else {}
+    curve = _curve_totals(fold_dir / "training_curve.csv")
+    run = {
+        "params": params,
+        "budget": {"epochs": run_config.get("num_epochs"), "iterations_per_epoch":
+                   run_config.get("num_iterations_per_epoch"), "batch_size": run_config.get("batch_size"),
+                   "patch_size": run_config.get("patch_size"), "spacing": run_config.get("spacing")},
+        "recipe": run_config.get("recipe"),
+        "protocol": protocol,
+        "model_folder": str(folder),
+        "timing": {**curve, "this_call_train_wall_s": round(train_wall, 1) if trained_now else 0.0,
+                   "this_call_train_cpu_s": round(train_cpu, 1) if trained_now else 0.0,
+                   "predict_s": round(predict_s, 1), "torch_threads": torch.get_num_threads()},
+        "code": code_version(),
+        "versions": run_config.get("versions"),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _write_json(out / "run.json", run)
+
+
+def _curve_totals(curve_csv: Path) -> dict[str, Any]:
+    """Training time from the trainer's per-epoch curve (it spans resumed runs): epochs, wall and CPU seconds."""
+    import pandas as pd
+
+    if not curve_csv.is_file():
+        return {}
+    curve = pd.read_csv(curve_csv)
+    return {"epochs_run": int(len(curve)), "train_s": round(float(curve["epoch_s"].sum()), 1),
+            "train_cpu_s": round(float(curve["epoch_cpu_s"].sum()), 1)}

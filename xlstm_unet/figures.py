@@ -55,6 +55,7 @@ __all__ = [
     "results_table",
     "table_to_markdown",
     "save_table",
+    "save_figure",
     "PAPER_TABLES",
     "paper_table",
     "Fig2Result",
@@ -493,7 +494,8 @@ class Fig2Result:
     columns: tuple[str, ...]
 
 
-def _save_figure(fig: Figure, stem: Path, dpi: int) -> dict[str, Path]:
+def save_figure(fig: Figure, stem: Path, dpi: int) -> dict[str, Path]:
+    """Write ``fig`` to ``<stem>.png`` and ``<stem>.pdf`` atomically (temp file, then rename)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = {}
     for ext in ("png", "pdf"):
@@ -575,7 +577,7 @@ def fig2_panel(
     ]
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
-    paths = _save_figure(fig, Path(out_stem), dpi)
+    paths = save_figure(fig, Path(out_stem), dpi)
     log.info("Fig. 2 panel written: %s, %s", paths["png"], paths["pdf"])
     return Fig2Result(figure=fig, png=paths["png"], pdf=paths["pdf"], rows=nrows, columns=columns)
 
@@ -689,7 +691,7 @@ def plot_vil_scaling(bench: str | os.PathLike | Mapping[str, Any], out_stem: str
         fontsize=10,
     )
     if out_stem is not None:
-        _save_figure(fig, Path(out_stem), dpi)
+        save_figure(fig, Path(out_stem), dpi)
     return fig
 
 
@@ -723,5 +725,5 @@ def plot_train_step(bench: str | os.PathLike | Mapping[str, Any], out_stem: str 
     fig.suptitle(f"one training step, batch {df['batch'].iloc[0] if len(df) else '?'} ({obj.get('device', '?')})",
                  fontsize=10)
     if out_stem is not None:
-        _save_figure(fig, Path(out_stem), dpi)
+        save_figure(fig, Path(out_stem), dpi)
     return fig

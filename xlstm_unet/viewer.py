@@ -47,6 +47,7 @@ __all__ = [
     "SliceViewer",
     "demo_data",
     "case_dice",
+    "prediction_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,16 @@ class SliceView:
     aspect: float
 
 
+def prediction_dir(method_dir: Path) -> Path | None:
+    """A method's predictions: ``<method_dir>/predictions``, else those of its lowest training seed
+    (``<method_dir>/seed<k>/predictions``, see :mod:`xlstm_unet.experiment`); ``None`` when there are none."""
+    method_dir = Path(method_dir)
+    if (method_dir / "predictions").is_dir():
+        return method_dir / "predictions"
+    seeds = [p for p in method_dir.glob("seed*/predictions") if p.is_dir() and p.parent.name[4:].isdigit()]
+    return min(seeds, key=lambda p: int(p.parent.name[4:])) if seeds else None
+
+
 class ViewerData:
     """Cases to compare, with label names and channel names.
 
@@ -259,7 +270,8 @@ class ViewerData:
         """Load test cases from the results layout and the nnU-Net raw dataset.
 
         Args:
-            results_dir: ``<results>/<DatasetName>`` with ``<method>/predictions/<case><file_ending>``.
+            results_dir: ``<results>/<DatasetName>`` with ``<method>/predictions/<case><file_ending>``, or
+                with one folder per training seed, ``<method>/seed<k>/predictions/`` (the lowest seed is shown).
             raw_dataset_dir: ``<nnUNet_raw>/<DatasetName>`` with ``dataset.json``, ``imagesTs/<case>_0000<ext>``
                 (+ ``_0001``... channels) and ``labelsTs/<case><ext>``.
             methods: methods to load (default: every sub-folder of ``results_dir`` with a ``predictions`` folder).
@@ -281,9 +293,9 @@ class ViewerData:
         if not results_dir.is_dir():
             raise ValueError(f"{results_dir}: results folder not found")
         if methods is None:
-            methods = sorted(p.parent.name for p in results_dir.glob("*/predictions") if p.is_dir())
+            methods = sorted(p.name for p in results_dir.iterdir() if prediction_dir(p) is not None)
         else:
-            missing = [m for m in methods if not (results_dir / m / "predictions").is_dir()]
+            missing = [m for m in methods if prediction_dir(results_dir / m) is None]
             if missing:
                 raise ValueError(f"{results_dir}: no predictions folder for methods {missing}")
         labels_dir = raw_dir / "labelsTs"
@@ -291,7 +303,7 @@ class ViewerData:
             raise ValueError(f"{labels_dir}: not found (ground truth of the test cases)")
         gt_files = {p.name[: -len(ending)]: p for p in sorted(labels_dir.glob(f"*{ending}"))}
         pred_files = {
-            m: {p.name[: -len(ending)]: p for p in (results_dir / m / "predictions").glob(f"*{ending}")}
+            m: {p.name[: -len(ending)]: p for p in prediction_dir(results_dir / m).glob(f"*{ending}")}
             for m in methods
         }
         if cases is None:
