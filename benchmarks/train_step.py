@@ -83,15 +83,66 @@ class Config:
 
 def get_config(dim: int, *, quick: bool, paper_sizes: bool) -> Config:
     """The configuration for ``dim`` (2 or 3); ``quick`` gives tiny sizes, ``paper_sizes`` the paper's patches."""
-    if quick:
+    if quick:  # the smallest sizes at which every method trains (SwinUNETR's 1/32 bottleneck needs an axis of 64)
         if dim == 2:
-            return Config((32, 32), 2, (8, 16, 16, 16), ((1, 1),) + ((2, 2),) * 3, (1, 1, 1, 1))
-        return Config((8, 16, 16), 2, (8, 8, 16, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)), (1, 1, 1, 1))
+            return Config((64, 64), 2, (8, 16, 16, 16), ((1, 1),) + ((2, 2),) * 3, (1, 1, 1, 1))
+        return Config((16, 64, 64), 2, (8, 8, 16, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)), (1, 1, 1, 1))
     if dim == 2:
         size, batch = ((320, 320), 12) if paper_sizes else ((256, 256), 2)
         return Config(size, batch, (32, 64, 128, 256, 512, 512, 512), ((1, 1),) + ((2, 2),) * 6, (1, 3, 4, 6, 6, 6, 6))
     size = (48, 160, 224) if paper_sizes else (32, 96, 96)
     return Config(size, 2, (32, 64, 128, 256, 320), ((1, 1, 1), (1, 2, 2)) + ((2, 2, 2),) * 3, (1, 3, 4, 6, 6))
+
+
+def synthetic_plans(dim: int, config: Config) -> dict[str, dict]:
+    """nnU-Net plans (``nnUNetPlans``: PlainConvUNet; ``nnUNetResEncUNetMPlans``: ResidualEncoderUNet) with one
+    configuration, ``"bench"``, holding ``config``'s stages: what a registry method's trainer builds from."""
+    conv = "torch.nn.modules.conv.Conv%dd" % dim
+    common = {
+        "n_stages": len(config.features), "features_per_stage": list(config.features), "conv_op": conv,
+        "kernel_sizes": [[3] * dim] * len(config.features), "strides": [list(s) for s in config.strides],
+        "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm%dd" % dim,
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+    }
+    n = len(config.features)
+    archs = {
+        "nnUNetPlans": ("dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                        {"n_conv_per_stage": [2] * n, "n_conv_per_stage_decoder": [2] * (n - 1)}),
+        "nnUNetResEncUNetMPlans": ("dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
+                                   {"n_blocks_per_stage": list(config.blocks), "n_conv_per_stage_decoder": [1] * (n - 1)}),
+    }
+    out = {}
+    for plans_id, (cls, extra) in archs.items():
+        configuration = {
+            "data_identifier": f"{plans_id}_bench", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": config.batch, "patch_size": list(config.size),
+            "median_image_size_in_voxels": list(config.size), "spacing": [1.0] * dim,
+            "normalization_schemes": ["ZScoreNormalization"] * config.input_channels,
+            "use_mask_for_norm": [False] * config.input_channels,
+            "architecture": {"network_class_name": cls, "arch_kwargs": {**common, **extra},
+                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+        }
+        out[plans_id] = {"dataset_name": "Dataset000_Bench", "plans_name": plans_id,
+                         "transpose_forward": list(range(3)), "transpose_backward": list(range(3)),
+                         "configurations": {"bench": configuration}}
+    return out
+
+
+def build_method(method: str, dim: int, config: Config, plans: dict[str, dict] | None = None,
+                 configuration: str = "bench"):
+    """The network of a registry method (:data:`xlstm_unet.nnunet.METHODS`) as its nnU-Net trainer builds it from
+    ``plans`` (plans identifier -> plans dict; default :func:`synthetic_plans`), with the trainer's patch size."""
+    from xlstm_unet.nnunet.methods import get_method
+    from xlstm_unet.nnunet.variants import trainer_class
+
+    meth = get_method(method)
+    plans = plans or synthetic_plans(dim, config)
+    if meth.plans not in plans:
+        raise ValueError(f"method {method!r} needs plans {meth.plans!r}; have {sorted(plans)}")
+    net, patch = trainer_class(meth.trainer).network_for_plans(plans[meth.plans], configuration,
+                                                                config.input_channels, config.num_classes)
+    return net, patch
 
 
 def build_model(model: str, dim: int, config: Config):
@@ -167,26 +218,60 @@ def mlstm_replaced(enabled: bool) -> Iterator[None]:
         vil.mlstm = original
 
 
-def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool, warmup: int, repeats: int) -> dict:
-    """Time ``warmup + repeats`` train steps of one model in this process; returns one result row."""
+def _target_like(output, batch: int, num_classes: int, device):
+    import torch
+
+    return torch.randint(0, num_classes, (batch, *output.shape[2:]), device=device)
+
+
+def forward_flops(net, x) -> int:
+    """Forward FLOPs of ``net`` for one sample of ``x`` (``torch.utils.flop_counter.FlopCounterMode``; counts the
+    matmuls and convolutions, 2 FLOPs per multiply-add)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net.eval()  # batch and instance norms refuse one sample with a single bottleneck voxel in training mode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(x[:1])
+    net.train()
+    return int(counter.get_total_flops())
+
+
+def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool, warmup: int, repeats: int,
+               plans: dict | None = None, configuration: str = "bench") -> dict:
+    """Time ``warmup + repeats`` train steps of one model in this process; returns one result row.
+
+    ``model`` is a network of :data:`MODELS` / :data:`EXTRA_MODELS` or a registry method (``plans``: the method's
+    nnU-Net plans by identifier; default :func:`synthetic_plans` of ``config``).
+    """
     import torch
     import torch.nn.functional as F
+
+    from xlstm_unet.nnunet.methods import METHODS
 
     device = torch.device(device_name)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    net = build_model(model, dim, config).to(device)
+    if model in METHODS:
+        net, size = build_method(model, dim, config, plans, configuration)
+    else:
+        net, size = build_model(model, dim, config), tuple(config.size)
+    net = net.to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.05)
-    x = torch.randn(config.batch, config.input_channels, *config.size, device=device)
-    # one target per deep-supervision output (highest resolution first), as nnU-Net's DS downsampling gives
-    targets, size = [], list(config.size)
-    for stride in config.strides[:-1]:
-        size = [s // st for s, st in zip(size, stride)]
-        targets.append(torch.randint(0, config.num_classes, (config.batch, *size), device=device))
-    weights = [1 / 2**i for i in range(len(targets))]
-    weights[-1] = 0.0  # nnU-Net drops the lowest-resolution output from the loss
-    total = sum(weights)
+    x = torch.randn(config.batch, config.input_channels, *size, device=device)
+    flops = forward_flops(net, x)
+    targets: list = []
+
+    def loss_of(outputs):
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        if not targets:  # one target per output (highest resolution first), as nnU-Net's DS downsampling gives
+            targets.extend(_target_like(o, config.batch, config.num_classes, device) for o in outputs)
+        weights = [1 / 2**i for i in range(len(outputs))]
+        if len(weights) > 1:
+            weights[-1] = 0.0  # nnU-Net drops the lowest-resolution output from the loss
+        total = sum(weights)
+        return sum(w / total * F.cross_entropy(o.float(), t) for w, o, t in zip(weights, outputs, targets))
 
     def sync() -> None:
         if device.type == "cuda":
@@ -197,8 +282,7 @@ def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            outputs = net(x)
-            loss = sum(w / total * F.cross_entropy(o.float(), t) for w, o, t in zip(weights, outputs, targets))
+            loss = loss_of(net(x))
         loss.backward()
         optimizer.step()
         sync()
@@ -214,9 +298,10 @@ def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool
     return {
         "model": model,
         "dim": dim,
-        "size": list(config.size),
+        "size": list(size),
         "batch": config.batch,
         "params": sum(p.numel() for p in net.parameters()),
+        "flops": flops,
         "step_s": statistics.median(times),
         "peak_mb": peak_mb,
         "peak_rss_mb": peak_rss,
@@ -225,6 +310,8 @@ def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from xlstm_unet.nnunet.methods import METHODS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
@@ -233,8 +320,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         default=",".join(MODELS),
-        help=f"comma-separated subset of {MODELS + EXTRA_MODELS} (default: {MODELS})",
+        help=f"comma-separated subset of {MODELS + EXTRA_MODELS}, or none (default: {MODELS})",
     )
+    parser.add_argument("--methods", default="all",
+                        help="comma-separated registry methods built by their nnU-Net trainers, 'all' (default) or "
+                             f"'none'; known: {sorted(METHODS)}")
+    parser.add_argument("--plans", default=None,
+                        help="a dataset's nnUNetPlans.json (nnU-Net_preprocessed/<Dataset>/): the method rows use "
+                             "its configuration (--configuration), batch size, channels and classes instead of the "
+                             "built-in sizes (nnUNetResEncUNetMPlans.json beside it for resenc_m)")
+    parser.add_argument("--configuration", default=None, help="configuration of --plans (e.g. 2d_sp2x2)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size of the --plans rows (default: plans')")
     parser.add_argument("--dims", default="2,3", help="comma-separated subset of 2,3")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps, median reported (default 3; 1 quick)")
@@ -242,10 +338,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick and args.paper_sizes:
         parser.error("--quick and --paper-sizes exclude each other")
-    args.models = [m for m in args.models.split(",") if m]
+    args.models = [m for m in args.models.split(",") if m and m != "none"]
     unknown = sorted(set(args.models) - set(MODELS + EXTRA_MODELS))
-    if unknown or not args.models:
+    if unknown:
         parser.error(f"--models: unknown {unknown}; expected a subset of {list(MODELS + EXTRA_MODELS)}")
+    args.methods = list(METHODS) if args.methods == "all" else \
+        [m for m in args.methods.split(",") if m and m != "none"]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; known: {sorted(METHODS)}")
+    if not args.models and not args.methods:
+        parser.error("nothing to run: give --models or --methods")
+    if (args.plans is None) != (args.configuration is None):
+        parser.error("--plans and --configuration go together")
     try:
         args.dims = [int(d) for d in args.dims.split(",") if d]
     except ValueError:
@@ -257,7 +362,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.repeats < 1 or args.warmup < 0:
         parser.error(f"need --repeats >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
     args.amp = args.device == "cuda" and not args.no_amp
+    args.mode = "plans" if args.plans else "quick" if args.quick else "paper-sizes" if args.paper_sizes else "full"
     return args
+
+
+def load_plans(plans_file: str | Path, configuration: str, batch: int | None) -> tuple[int, Config, dict]:
+    """A dataset's plans for the method rows: ``(dim, config, plans by identifier)``; ``config`` holds the
+    configuration's patch size, batch size (or ``batch``), channels and classes (from ``dataset.json`` beside it)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_file = Path(plans_file)
+    plans = {}
+    for path in [plans_file, plans_file.with_name("nnUNetResEncUNetMPlans.json")]:
+        if path.is_file():
+            obj = json.loads(path.read_text())
+            plans[obj["plans_name"]] = obj
+    first = json.loads(plans_file.read_text())
+    cm = PlansManager(first).get_configuration(configuration)
+    ds = json.loads((plans_file.parent / "dataset.json").read_text())
+    n_in = len(ds["channel_names"])
+    n_out = len(ds["labels"])
+    config = Config(tuple(cm.patch_size), batch or cm.batch_size, (), (), (), input_channels=n_in, num_classes=n_out)
+    return len(cm.patch_size), config, plans
+
+
+def _not_run(model: str, dim: int, config: Config, reason: str) -> dict:
+    return {"model": model, "dim": dim, "size": list(config.size), "batch": config.batch, "params": None,
+            "flops": None, "step_s": None, "peak_mb": None, "not_run": reason}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,34 +396,45 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for name in PRELOAD:  # imported once here; on CPU every model then runs in a child forked from this process
         importlib.import_module(name)
+    from xlstm_unet.nnunet.methods import get_method
+
+    jobs = []  # (model, dim, config, plans, configuration)
+    if args.plans:
+        dim, config, plans = load_plans(args.plans, args.configuration, args.batch)
+        jobs += [(m, dim, config, plans, args.configuration) for m in args.methods]
+    else:
+        for dim in args.dims:
+            config = get_config(dim, quick=args.quick, paper_sizes=args.paper_sizes)
+            jobs += [(m, dim, config, None, "bench") for m in [*args.models, *args.methods]]
     rows, failed = [], False
-    for dim in args.dims:
-        config = get_config(dim, quick=args.quick, paper_sizes=args.paper_sizes)
-        for model in args.models:
-            logger.info("%s %dD ...", model, dim)
-            try:
-                row = run_in_child(
-                    run_worker, model, dim, config, args.device, args.amp, args.warmup, args.repeats,
-                    device=args.device,
-                )
-            except ChildFailed as error:
-                failed = True
-                logger.error("%s %dD failed: %s", model, dim, str(error)[-4000:])
-                rows.append({"model": model, "dim": dim, "size": list(config.size), "batch": config.batch,
-                             "params": None, "step_s": None, "peak_mb": None,
-                             "error": str(error).strip().splitlines()[-1]})
-                continue
-            logger.info("  step %.3f s, peak %.0f MB, %d params", row["step_s"], row["peak_mb"], row["params"])
-            rows.append(row)
-    result = {"device": args.device, "amp": args.amp, "repeats": args.repeats, "rows": rows}
+    for model, dim, config, plans, configuration in jobs:
+        if model not in MODELS + EXTRA_MODELS and dim not in get_method(model).dims:
+            reason = f"{model} is defined for {'/'.join(f'{d}D' for d in get_method(model).dims)} only"
+            logger.info("%s %dD: not run (%s)", model, dim, reason)
+            rows.append(_not_run(model, dim, config, reason))
+            continue
+        logger.info("%s %dD ...", model, dim)
+        try:
+            row = run_in_child(run_worker, model, dim, config, args.device, args.amp, args.warmup, args.repeats,
+                               plans, configuration, device=args.device)
+        except ChildFailed as error:
+            failed = True
+            logger.error("%s %dD failed: %s", model, dim, str(error)[-4000:])
+            rows.append({**_not_run(model, dim, config, "failed"), "error": str(error).strip().splitlines()[-1]})
+            continue
+        logger.info("  step %.3f s, peak %.0f MB, %d params, %.3g GFLOP", row["step_s"], row["peak_mb"],
+                    row["params"], row["flops"] / 1e9)
+        rows.append(row)
+    result = {"device": args.device, "amp": args.amp, "repeats": args.repeats, "mode": args.mode, "rows": rows}
+    if args.plans:
+        result["plans"] = {"file": str(args.plans), "configuration": args.configuration}
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:
         for row in rows:
-            sys.stdout.write(
-                f"{row['model']:>13} {row['dim']}D {row['size']} b{row['batch']}: "
-                f"step {row['step_s']} s, peak {row['peak_mb']} MB, params {row['params']}\n"
-            )
+            what = f"not run: {row['not_run']}" if row.get("not_run") else \
+                f"step {row['step_s']} s, peak {row['peak_mb']} MB, params {row['params']}, flops {row['flops']}"
+            sys.stdout.write(f"{row['model']:>18} {row['dim']}D {row['size']} b{row['batch']}: {what}\n")
     return 1 if failed else 0
 
 
