@@ -19,13 +19,8 @@ from xlstm_unet.vil import Direction, MLSTMBackend, ViLBlock, ViLLayer, ViLStage
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on a busy 2-core machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny tensors: one intra-op thread (see conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _qkvif(S: int, dtype: torch.dtype, seed: int = 0, B: int = 1, NH: int = 2, DH: int = 16):

@@ -123,11 +123,6 @@ def _auto_segment(head_dim: int, value_dim: int) -> int:
 MLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """An mLSTM state ``(C, n, m)``: ``C`` ``(B, NH, DH, DHV)``, ``n`` ``(B, NH, DH)``, stabiliser ``m`` ``(B, NH)``."""
 
-ViLLayerState = tuple[torch.Tensor, MLSTMState]
-"""The state of a :class:`ViLLayer` between parts of a sequence: the last 3 conv inputs ``(B, 3, DI)`` and the
-mLSTM state."""
-
-
 def _initial_state(k: torch.Tensor, DHV: int, state: MLSTMState | None) -> MLSTMState:
     """``state``, or the empty state (zero ``C`` and ``n``, ``m = _M_INITIAL``) for keys ``k`` ``(B, NH, ...)``."""
     if state is not None:

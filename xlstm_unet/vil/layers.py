@@ -8,7 +8,9 @@ LayerNorm without bias, multi-head LayerNorm, initialisers) come from the ``xlst
 Two paths compute the same layer, chosen by ``fast_path`` (of :class:`ViLLayer`, :class:`ViLBlock`,
 :class:`ViLStage`): ``False`` runs the reference path written here, the paper's steps as plain autograd ops;
 ``True`` (default) runs :mod:`xlstm_unet.vil.fast`, the same values to rounding with fewer passes over memory and
-less memory kept for backward, and on CPU long sequences in pieces. Tests hold the two paths against each other.
+less memory kept for backward, and on CPU long sequences in pieces. Tests hold the two paths against each other
+(``tests/test_vil_fast.py``): to change the layer, change the reference path, run it with ``fast_path=False``, and
+bring the fast path along once the change is settled.
 
 Dims legend:
     B: batch; C: channels of the feature map; ``*spatial``: its spatial sizes (2D ``H, W`` or 3D ``D, H, W``);
