@@ -19,6 +19,17 @@ import pytest  # noqa: E402
 from xlstm_unet.paths import shared_data_dir  # noqa: E402
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids thread contention on a busy 2-core machine; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

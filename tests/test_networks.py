@@ -252,9 +252,9 @@ def test_built_by_nnunet_get_network_from_plans(dim):
     assert net.compute_conv_feature_map_size(CONFIGS[dim][2]) > 0
 
 
-def test_initialize_keeps_vil_init_and_inits_the_convs():
+def test_initialize_keeps_vil_init_and_inits_the_convs(monkeypatch):
     torch.manual_seed(0)
-    net = XLSTMUNet(**arch_kwargs(2, vil_kwargs={"conv_kind": "grid"}))
+    net = XLSTMUNet(**arch_kwargs(2))
     vil_before = {k: v.clone() for k, v in net.state_dict().items() if ".vil." in k}
     assert vil_before
     stem_before = net.encoder.stem.convs[0].conv.weight.clone()
@@ -268,6 +268,14 @@ def test_initialize_keeps_vil_init_and_inits_the_convs():
     # ResidualEncoderUNet's init: zero gamma on the last norm of each residual block
     last_block = net.encoder.stages[1].blocks.blocks[-1]
     assert torch.count_nonzero(last_block.conv2.norm.weight) == 0
+
+    # the ViL modules never reach nnU-Net's initialisers (whatever they would do to them)
+    seen = []
+    monkeypatch.setattr(networks, "InitWeights_He", lambda neg_slope: seen.append)
+    net.apply(net.initialize)
+    vil_modules = {id(sub) for stage in net.modules() if isinstance(stage, ViLStage) for sub in stage.modules()}
+    assert len(seen) > len(vil_modules) > 0
+    assert not any(id(m) in vil_modules for m in seen)
 
 
 @pytest.mark.parametrize("dim", [2, 3])

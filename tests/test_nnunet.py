@@ -147,6 +147,46 @@ def test_checkpointed_enc_trainer_builds_the_enc_network_with_checkpointing(phan
     assert trainer_class("nnUNetTrainerXLSTMEncCkpt").recipe_variant == "enc"
 
 
+@pytest.mark.slow
+def test_bidirectional_enc_trainer_pairs_the_vil_blocks_and_trains(phantom2d_prepared, nnunet_root):
+    """The ablation ``xlstm_enc_bidir``: the enc network plus a reversed block at every ViL stage (the enc
+    network's state-dict keys plus ``.vil.blocks.1.*``); one train step is finite and reaches the reversed blocks."""
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from xlstm_unet.nnunet import get_method
+    from xlstm_unet.nnunet.env import apply_env
+    from xlstm_unet.vil import Direction, ViLStage
+
+    apply_env()
+    method = get_method("xlstm_enc_bidir")
+    assert (method.trainer, method.label) == ("nnUNetTrainerXLSTMEncBidir", "xLSTM-UNet Enc (bidirectional)")
+    trainers = {}
+    for name in ("nnUNetTrainerXLSTMEnc_1ep_1it", "nnUNetTrainerXLSTMEncBidir_1ep_1it"):
+        trainers[name] = get_trainer_from_args(phantom2d_prepared, "2d", 0, name, "nnUNetPlans",
+                                               device=torch.device("cpu"))
+        trainers[name].initialize()
+    plain, tr = trainers.values()
+    vils = [m for m in tr.network.modules() if isinstance(m, ViLStage)]
+    assert len(vils) == len(tr.network.vil_stages) == len(plain.network.vil_stages) > 0
+    for vil in vils:
+        assert vil.directions is Direction.BIDIRECTIONAL and [b.reverse for b in vil.blocks] == [False, True]
+    keys, plain_keys = set(tr.network.state_dict()), set(plain.network.state_dict())
+    assert plain_keys < keys and all(".vil.blocks.1." in k for k in keys - plain_keys)
+    assert tr.recipe_variant == "enc" and tr.network_description()["vil_kwargs"] == {"directions": "bidirectional"}
+
+    tr.enable_deep_supervision = False
+    tr.set_deep_supervision_enabled(False)
+    tr.loss = tr._build_loss()
+    gen = torch.Generator().manual_seed(0)
+    ps = tr.configuration_manager.patch_size
+    data = torch.randn((2, tr.num_input_channels, *ps), generator=gen)
+    target = torch.randint(0, 2, (2, 1, *ps), generator=gen).float()
+    assert np.isfinite(tr.train_step({"data": data, "target": target})["loss"])
+    reversed_grads = [p.grad for n, p in tr.network.named_parameters() if ".vil.blocks.1." in n]
+    assert reversed_grads and all(g is not None for g in reversed_grads)
+    assert sum(g.abs().sum() for g in reversed_grads) > 0
+
+
 def test_nan_loss_stops_with_the_epoch(phantom2d_prepared):
     from nnunetv2.run.run_training import get_trainer_from_args
 

@@ -14,18 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from xlstm_unet.vil import ConvKind, Direction, MLSTMBackend, ViLBlock, ViLLayer, ViLStage, mlstm
+from xlstm_unet.vil import Direction, MLSTMBackend, ViLBlock, ViLLayer, ViLStage, mlstm
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on a busy 2-core machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny tensors: one intra-op thread (see conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _qkvif(S: int, dtype: torch.dtype, seed: int = 0, B: int = 1, NH: int = 2, DH: int = 16):
@@ -100,7 +95,7 @@ def _chunked_inputs(S: int, L: int, DH: int, seed: int):
 @pytest.mark.parametrize("segment", [1, 2, 4, 8])
 def test_segmented_chunk_states_equal_the_loop(segment):
     """The segmented state scan gives the loop's states (C, n and the stabiliser m), for 1 to 8 segments."""
-    from xlstm_unet.vil import _chunk_states_loop, _chunk_states_segmented
+    from xlstm_unet.vil.kernels import _chunk_states_loop, _chunk_states_segmented
 
     _, (_, k, v), _, _, vecA, g, amax = _chunked_inputs(S=256, L=8, DH=4, seed=8)
     C, n, m, final = _chunk_states_loop(k, v, vecA, g, amax)
@@ -115,7 +110,7 @@ def test_chunk_outputs_equal_mlstm_kernels_fw_h():
     """Our within-chunk outputs equal ``mlstm_kernels``' ``mlstm_chunkwise__parallel_fw_H`` on the same states."""
     from mlstm_kernels.torch.chunkwise.native.fw import mlstm_chunkwise__parallel_fw_H
 
-    from xlstm_unet.vil import _chunk_outputs, _chunk_states_loop
+    from xlstm_unet.vil.kernels import _chunk_outputs, _chunk_states_loop
 
     S, L, DH = 128, 16, 8
     (q, k, v), (qc, kc, vc), vecI, vecB, vecA, g, amax = _chunked_inputs(S=S, L=L, DH=DH, seed=9)
@@ -217,17 +212,15 @@ def _double_block(**kwargs) -> ViLBlock:
     return ViLBlock(8, backend="chunkwise", chunk_size=16, **kwargs).double()
 
 
-@pytest.mark.parametrize("conv_kind", ["causal1d", "grid"])
-def test_reverse_block_equals_flip_forward_flip(conv_kind):
-    grid = {"conv_kind": conv_kind, "spatial_dims": 2} if conv_kind == "grid" else {}
-    spatial = (5, 7)  # S = 35: not a multiple of the chunk size 16
-    fwd, rev = _double_block(**grid), _double_block(reverse=True, **grid)
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_reverse_block_equals_flip_forward_flip(fast_path):
+    fwd, rev = _double_block(fast_path=fast_path), _double_block(reverse=True, fast_path=fast_path)
     rev.load_state_dict(fwd.state_dict())
-    x = torch.randn(2, 35, 8, dtype=torch.float64)
-    y_rev = rev(x, spatial)
-    y_flip = fwd(x.flip(1), spatial).flip(1)
+    x = torch.randn(2, 35, 8, dtype=torch.float64)  # S = 35: not a multiple of the chunk size 16
+    y_rev = rev(x)
+    y_flip = fwd(x.flip(1)).flip(1)
     torch.testing.assert_close(y_rev, y_flip, rtol=0, atol=1e-12)
-    assert (y_rev - fwd(x, spatial)).abs().max() > 1e-3  # the direction matters
+    assert (y_rev - fwd(x)).abs().max() > 1e-3  # the direction matters
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -246,17 +239,12 @@ def test_block_is_causal_in_its_direction(reverse):
 
 
 @pytest.mark.parametrize(
-    "spatial, directions, conv_kind",
-    [
-        ((6, 5), "forward", "causal1d"),
-        ((6, 5), "bidirectional", "grid"),
-        ((3, 4, 5), "forward", "grid"),
-        ((3, 4, 5), "bidirectional", "causal1d"),
-    ],
+    "spatial, directions",
+    [((6, 5), "forward"), ((6, 5), "bidirectional"), ((3, 4, 5), "forward"), ((3, 4, 5), "bidirectional")],
 )
-def test_stage_round_trip_and_backend_equality(spatial, directions, conv_kind):
+def test_stage_round_trip_and_backend_equality(spatial, directions):
     torch.manual_seed(0)
-    kwargs = {"feature_size": spatial, "directions": directions, "conv_kind": conv_kind, "chunk_size": 16}
+    kwargs = {"feature_size": spatial, "directions": directions, "chunk_size": 16}
     stage = ViLStage(8, backend="chunkwise", **kwargs).double()
     ref = ViLStage(8, backend="parallel", **kwargs).double()
     ref.load_state_dict(stage.state_dict())
@@ -281,10 +269,10 @@ def test_stage_scans_rows_from_top_left():
     assert delta[t0:].min() > 0
 
 
-@pytest.mark.parametrize("kwargs", [{"directions": "bidirectional"}, {"conv_kind": "grid", "spatial_dims": 3}])
-def test_gradients_reach_every_parameter(kwargs):
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_gradients_reach_every_parameter(fast_path):
     torch.manual_seed(0)
-    stage = ViLStage(8, **kwargs)
+    stage = ViLStage(8, directions="bidirectional", fast_path=fast_path)
     x = torch.randn(2, 8, 3, 4, 5, requires_grad=True)
     stage(x).square().mean().backward()
     for name, param in stage.named_parameters():
@@ -309,7 +297,6 @@ def test_channel_token_mode():
     assert delta[:5].max() < 1e-12 and delta[5:].min() > 0
 
     assert not ViLStage(16, feature_size=(4, 5)).channel_tokens  # 20 voxels > 16 channels
-    assert not ViLStage(16, feature_size=(2, 2), conv_kind="grid").channel_tokens  # grid conv keeps voxel tokens
     assert ViLStage(16, feature_size=(4, 5), channel_tokens=True).blocks[0].dim == 20
 
 
@@ -380,7 +367,7 @@ def test_block_in_pieces_equals_one_piece(reverse, checkpoint):
     for a, b in zip(gp1, gp0):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
     assert ViLBlock(8, backend="parallel", piece_bytes=1).piece_tokens(x) is None
-    assert ViLBlock(8, conv_kind="grid", spatial_dims=1, piece_bytes=1).piece_tokens(x) is None
+    assert ViLBlock(8, fast_path=False, piece_bytes=1).piece_tokens(x) is None  # pieces are the fast path's
     with pytest.raises(ValueError, match="piece_bytes"):
         ViLBlock(8, piece_bytes=0)
     with pytest.raises(ValueError, match="checkpoint"):
@@ -393,18 +380,18 @@ def test_block_trims_the_heap_after_pieces_under_autograd(monkeypatch):
     glibc the trim function is found."""
     import platform
 
-    import xlstm_unet.vil as vil
+    import xlstm_unet.vil.fast as fast
 
     if platform.libc_ver()[0] == "glibc":
-        assert vil._malloc_trim() is not None
-    vil._release_free_heap()  # callable here whatever the C library
+        assert fast._malloc_trim() is not None
+    fast._release_free_heap()  # callable here whatever the C library
     calls = []
-    monkeypatch.setattr(vil, "_release_free_heap", lambda: calls.append(1))
+    monkeypatch.setattr(fast, "_release_free_heap", lambda: calls.append(1))
     x = torch.randn(1, 2500, 8)
     pieces, whole = ViLBlock(8, piece_bytes=1), ViLBlock(8, piece_bytes=None)
     pieces(x)  # 80 KB < 32 MiB
     assert calls == []
-    monkeypatch.setattr(vil, "_TRIM_MIN_BYTES", x.numel() * x.element_size())
+    monkeypatch.setattr(fast, "_TRIM_MIN_BYTES", x.numel() * x.element_size())
     with torch.no_grad():
         pieces(x)
     whole(x)
@@ -456,15 +443,16 @@ def _reference_layer(layer: ViLLayer, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dim", [16, 32, 96])  # DI 32 and 64: dense q/k/v with folded gates; DI 192: headwise
-@pytest.mark.parametrize("fold", [True, False])
-def test_layer_equals_its_plain_composition(dim, fold, monkeypatch):
-    """Our layer (dense block-diagonal q/k/v for small DI, with the gates folded in or not, per-head LayerNorm,
-    chunkwise mLSTM) equals the plain composition of its modules in value and parameter gradients (float64)."""
-    import xlstm_unet.vil as vil
+@pytest.mark.parametrize("fast_path, fold", [(True, True), (True, False), (False, None)])
+def test_layer_equals_its_plain_composition(dim, fast_path, fold, monkeypatch):
+    """Our layer (fast path: dense block-diagonal q/k/v for small DI, with the gates folded in or not, the fused
+    output node; reference path: the paper's steps; either with the chunkwise mLSTM) equals the plain composition
+    of its modules with the official parallel mLSTM form in value and parameter gradients (float64)."""
+    import xlstm_unet.vil.fast as fast
 
-    monkeypatch.setattr(vil, "_fold_gates", lambda x: fold)
+    monkeypatch.setattr(fast, "_fold_gates", lambda x: fold)
     torch.manual_seed(0)
-    layer = ViLLayer(dim, backend="chunkwise").double()
+    layer = ViLLayer(dim, backend="chunkwise", fast_path=fast_path).double()
     with torch.no_grad():
         for param in layer.parameters():  # the init zeroes the gate weights and the norm: randomise everything
             param.normal_(0.0, 0.3)
@@ -492,7 +480,7 @@ def _gated_output_reference(h, weight, skip, x_conv, z, eps=1e-5):
 def test_gated_output_gradients():
     """The layer's fused output node: finite-difference gradcheck (float64), and in the mixed precision of autocast
     (bf16 x_conv and z, float32 h) the gradients of plain autograd ops, each in its input's dtype."""
-    from xlstm_unet.vil import _GatedOutput
+    from xlstm_unet.vil.fast import _GatedOutput
 
     gen = torch.Generator().manual_seed(0)
     B, NH, S, DH = 2, 3, 5, 4
@@ -549,7 +537,7 @@ def test_cell_output_is_its_hidden_state_under_the_multi_head_norm():
 
 
 def test_gates_are_folded_only_without_autocast():
-    from xlstm_unet.vil import _fold_gates
+    from xlstm_unet.vil.fast import _fold_gates
 
     x = torch.zeros(1, 2, 3)
     assert _fold_gates(x) and _fold_gates(x.double()) and not _fold_gates(x.bfloat16())
@@ -557,9 +545,10 @@ def test_gates_are_folded_only_without_autocast():
         assert not _fold_gates(x)
 
 
-def test_bf16_autocast_on_cpu_is_finite():
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_bf16_autocast_on_cpu_is_finite(fast_path):
     torch.manual_seed(0)
-    stage = ViLStage(16, directions="bidirectional")
+    stage = ViLStage(16, directions="bidirectional", fast_path=fast_path)
     x = (30.0 * torch.randn(2, 16, 8, 9)).requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = stage(x)
@@ -595,23 +584,23 @@ def test_init_follows_vision_lstm_and_reset_restores_it():
 
 
 def test_invalid_options_raise():
-    with pytest.raises(ValueError, match="conv_kind='grid' needs feature_size or spatial_dims"):
-        ViLStage(8, conv_kind="grid")
     with pytest.raises(ValueError, match="channel_tokens=True needs feature_size"):
         ViLStage(8, channel_tokens=True)
-    with pytest.raises(ValueError, match="cannot use conv_kind='grid'"):
-        ViLStage(8, feature_size=(2, 2), channel_tokens=True, conv_kind="grid")
+    with pytest.raises(ValueError, match="spatial_dims must be"):
+        ViLStage(8, spatial_dims=4)
+    with pytest.raises(ValueError, match="expected 3 spatial dims"):
+        ViLStage(8, spatial_dims=3)(torch.randn(1, 8, 3, 3))
+    with pytest.raises(ValueError, match="fast_path must be"):
+        ViLLayer(8, fast_path=None)
     with pytest.raises(ValueError, match="directions must be one of"):
         ViLStage(8, directions="both")
     with pytest.raises(ValueError, match=r"expected \(B, C=8, \*spatial\)"):
         ViLStage(8)(torch.randn(1, 4, 3, 3))
-    with pytest.raises(ValueError, match="needs spatial_shape"):
-        ViLLayer(8, conv_kind="grid", spatial_dims=2)(torch.randn(1, 6, 8))
-    with pytest.raises(ValueError, match="product S=6"):
-        ViLLayer(8, conv_kind="grid", spatial_dims=2)(torch.randn(1, 6, 8), (2, 2))
+    with pytest.raises(ValueError, match=r"expected \(B, S, D=8\)"):
+        ViLLayer(8)(torch.randn(1, 6, 4))
     with pytest.warns(UserWarning, match="num_heads=5; using num_heads=1"):
         assert ViLLayer(6, num_heads=5).mlstm_cell.num_heads == 1
-    assert Direction("forward") is Direction.FORWARD and ConvKind("grid") is ConvKind.GRID
+    assert Direction("forward") is Direction.FORWARD and Direction("bidirectional") is Direction.BIDIRECTIONAL
     assert MLSTMBackend("auto") is MLSTMBackend.AUTO
 
 

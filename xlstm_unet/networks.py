@@ -463,7 +463,7 @@ class XLSTMUNet(ResidualMixerUNet):
         vil_placement: ``"bot"``, ``"enc"`` (default; the paper), ``"enc_official"``, or stage indices
             (see :func:`vil_stage_indices`).
         vil_kwargs: extra keyword arguments for every :class:`~xlstm_unet.vil.ViLStage` (``directions``,
-            ``conv_kind``, ``backend``, ``num_heads``, ``expansion``, ``chunk_size``, ``channel_tokens``); not
+            ``backend``, ``num_heads``, ``expansion``, ``chunk_size``, ``channel_tokens``, ``fast_path``, ...); not
             ``channels``, ``feature_size`` or ``spatial_dims``, which come from the stage. Default ``None``:
             ViLStage's defaults.
         patch_size: the training patch size (``dim`` ints), or ``None``. When given, every ViL stage learns its

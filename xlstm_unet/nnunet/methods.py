@@ -32,6 +32,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("xlstm_bot", "nnUNetTrainerXLSTMBot", label="xLSTM-UNet Bot"),
     Method("xlstm_enc", "nnUNetTrainerXLSTMEnc", label="xLSTM-UNet Enc"),
     Method("xlstm_enc_official", "nnUNetTrainerXLSTMEncOfficial", label="xLSTM-UNet Enc (official placement)"),
+    Method("xlstm_enc_bidir", "nnUNetTrainerXLSTMEncBidir", label="xLSTM-UNet Enc (bidirectional)"),
     Method("segresnet", "nnUNetTrainerSegResNet", label="SegResNet"),
     Method("unetr", "nnUNetTrainerUNETR", label="UNETR"),
     Method("swinunetr", "nnUNetTrainerSwinUNETR", label="SwinUNETR"),

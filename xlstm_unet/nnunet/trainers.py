@@ -9,6 +9,7 @@ share the data pipeline, the loss (nnU-Net's Dice + CE), the optimiser recipe an
 - ``nnUNetTrainerXLSTMBot``: :class:`~xlstm_unet.networks.XLSTMUNet`, ViL at the bottleneck.
 - ``nnUNetTrainerXLSTMEnc``: ViL at every encoder stage (the paper's description).
 - ``nnUNetTrainerXLSTMEncOfficial``: the official code's placement (3D stages >= 3; 2D alternate stages).
+- ``nnUNetTrainerXLSTMEncBidir``: ablation, Enc with bidirectional ViL stages (Vision-LSTM's alternating traversal).
 
 Variants (recipe, budget, learning rate) are derived by name, see :mod:`xlstm_unet.nnunet.variants`, e.g.
 ``nnUNetTrainerXLSTMEnc_official_5ep_10it``.
@@ -63,6 +64,7 @@ __all__ = [
 
     "nnUNetTrainerXLSTMBot",
     "nnUNetTrainerXLSTMEnc",
+    "nnUNetTrainerXLSTMEncBidir",
     "nnUNetTrainerXLSTMEncCkpt",
     "nnUNetTrainerXLSTMEncOfficial",
 ]
@@ -348,6 +350,17 @@ class nnUNetTrainerXLSTMEncCkpt(nnUNetTrainerXLSTMEnc):
     """
 
     vil_kwargs = {"checkpoint": True}
+
+
+class nnUNetTrainerXLSTMEncBidir(nnUNetTrainerXLSTMEnc):
+    """xLSTM-UNet Enc with bidirectional ViL stages (``ViLStage(directions="bidirectional")``), an ablation.
+
+    Every ViL stage runs a pair of blocks, the second on the reversed sequence (rows from the bottom-right), as
+    Vision-LSTM alternates the traversal direction from block to block; the official xLSTM-UNet code, like
+    :class:`nnUNetTrainerXLSTMEnc`, traverses from the top-left only. Twice the ViL parameters and ViL compute.
+    """
+
+    vil_kwargs = {"directions": "bidirectional"}
 
 
 class nnUNetTrainerXLSTMEncOfficial(nnUNetTrainerXLSTM):
