@@ -7,10 +7,15 @@ nnU-Net, so that every method shares the data, the patch size, the loss, the rec
 - :mod:`~xlstm_unet.baselines.monai_nets`: the MONAI networks (SegResNet, UNETR, SwinUNETR(-V2), MedNeXt) and the
   patch-size helpers (:func:`patch_divisor`, :func:`round_up_patch_size`).
 - :mod:`~xlstm_unet.baselines.umamba`: U-Mamba Bot / Enc and the :class:`MambaLayer` (two interchangeable backends).
+- written from their papers, on the interface of :class:`~xlstm_unet.baselines.blocks.PaperBaseline`:
+  :class:`UXNet` (3D UX-Net, :mod:`~xlstm_unet.baselines.uxnet`), :class:`SegMamba`
+  (:mod:`~xlstm_unet.baselines.segmamba`) and :class:`SegFormer3D` (:mod:`~xlstm_unet.baselines.segformer3d`).
 
-Every public name of the sub-modules is importable from here (``from xlstm_unet.baselines import UMambaUNet``).
+The networks and helpers are importable from here (``from xlstm_unet.baselines import UMambaUNet``); the blocks they
+are made of, from their modules.
 """
 
+from xlstm_unet.baselines.blocks import PaperBaseline
 from xlstm_unet.baselines.monai_nets import (
     MONAI_DEFAULTS,
     MonaiNetwork,
@@ -31,6 +36,9 @@ from xlstm_unet.baselines.umamba import (
     mamba_stage_indices,
     resolve_mamba_backend,
 )
+from xlstm_unet.baselines.segformer3d import SegFormer3D
+from xlstm_unet.baselines.segmamba import SegMamba
+from xlstm_unet.baselines.uxnet import UXNet
 
 __all__ = [
     "MonaiNetwork",
@@ -49,4 +57,8 @@ __all__ = [
     "mamba_stage_indices",
     "ResidualMambaStage",
     "UMambaUNet",
+    "PaperBaseline",
+    "UXNet",
+    "SegMamba",
+    "SegFormer3D",
 ]
