@@ -20,12 +20,12 @@ What we follow from the paper:
   transposed-conv upsampling and residual blocks with instance norm back to full resolution, a 1x1x1 output conv.
 
 What the paper leaves open and what we chose: one TSMamba block per stage (``depths=(1, 1, 1, 1)``; the paper gives
-no depth); the three orientations are three separate Mamba mixers, each a project :class:`~xlstm_unet.baselines.
-umamba.MambaLayer` (its LayerNorm is the block's ``LN`` before ToM, one per orientation; Mamba's d_state 16, d_conv
-4, expand 2; ``mamba_ssm`` on CUDA when installed, else ``mambapy``); the stem is an ordinary (dense) convolution,
-since it changes the number of channels from the image's; the downsampling is instance norm then a 2x2x2 stride-2
-convolution; GSC's ``Ck`` use instance norm (affine) and ReLU; the MLP is two 1x1x1 convolutions ``C -> 2C -> C``
-with GELU; LN is a LayerNorm over the channels.
+no depth); the three orientations are three separate Mamba mixers, each a project
+:class:`~xlstm_unet.baselines.umamba.MambaLayer` (its LayerNorm is the block's ``LN`` before ToM, one per
+orientation; Mamba's d_state 16, d_conv 4, expand 2; ``mamba_ssm`` on CUDA when installed, else ``mambapy``); the
+paper calls the stem depth-wise, we use an ordinary (dense) convolution, since a depth-wise one needs the width (48)
+to be a multiple of the image's channels; the downsampling is instance norm then a 2x2x2 stride-2 convolution; GSC's ``Ck`` use instance norm (affine) and ReLU; the MLP is two
+1x1x1 convolutions ``C -> 2C -> C`` with GELU; LN is a LayerNorm over the channels.
 
 Parameter count at the paper's configuration (3D, four input channels and three output regions as for BraTS 2023):
 the paper reports none; ours is 68.2 M (68,216,019).
