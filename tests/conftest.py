@@ -101,3 +101,20 @@ def phantom2d_prepared(nnunet_root: Path) -> str:
                   n_train=10, n_test=3, shape=(64, 64))
     prepare(PHANTOM2D_ID, configurations=("2d",), num_processes=1)
     return raw.name
+
+
+PHANTOM3D_ID = 902
+
+
+@pytest.fixture(scope="session")
+def phantom3d_prepared(nnunet_root: Path) -> str:
+    """A small 3D phantom (synthetic, 4 channels, BraTS-like regions; five training cases, nnU-Net's minimum for
+    its 5-fold split, and one test case of 16 x 32 x 32), converted, planned and preprocessed (3d_fullres)."""
+    from xlstm_unet.datasets import convert
+    from xlstm_unet.nnunet import prepare
+
+    raw = convert("phantom3d", out_root=nnunet_root / "nnUNet_raw", dataset_id=PHANTOM3D_ID, seed=0,
+                  n_train=5, n_test=1, shape_zyx=(16, 32, 32))
+    prepare(PHANTOM3D_ID, configurations=("3d_fullres",), num_processes=1)
+    return raw.name
+

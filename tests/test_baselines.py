@@ -210,13 +210,19 @@ def as_predictor_input(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("row,cls,dim,resenc", ROWS, ids=[f"{r[0]}-{r[2]}d" for r in ROWS])
 def test_row_builds_trains_and_predicts(row, cls, dim, resenc, nnunet_root):
+    check_row_builds_trains_and_predicts(row, cls, dim, resenc)
+
+
+def check_row_builds_trains_and_predicts(row: str, cls, dim: int, resenc: bool = False) -> None:
+    """Build ``cls``'s network from :func:`make_plans`, run one nnU-Net train_step, predict with nnU-Net's predictor
+    (also used by ``test_baselines_3d.py``; needs the ``nnunet_root`` fixture)."""
     torch.manual_seed(0)
     trainer = make_trainer(cls, dim, resenc)
     patch = list(trainer.configuration_manager.patch_size)
     net = trainer.network
 
     # built from plans, for the right patch
-    if issubclass(cls, bt.MonaiBaselineTrainer):
+    if issubclass(cls, bt.PatchAdaptedTrainer):
         assert patch == list(round_up_patch_size(PATCH[dim], cls.patch_divisor()))
         assert trainer.enable_deep_supervision is False
         assert "DeepSupervisionWrapper" not in type(trainer.loss).__name__

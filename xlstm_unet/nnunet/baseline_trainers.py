@@ -15,20 +15,25 @@ nnUNetTrainerSwinUNETRv2 MONAI SwinUNETR ``use_v2``     no deep supervision; pat
 nnUNetTrainerMedNeXt     MONAI MedNeXt B, kernel 3      no deep supervision; patch rounded up to a multiple of 16
 nnUNetTrainerUMambaBot   :class:`UMambaUNet` ``bot``    none (the plans' U-Net, Mamba layer at the bottleneck)
 nnUNetTrainerUMambaEnc   :class:`UMambaUNet` ``enc``    none (Mamba layer in every encoder stage)
+nnUNetTrainerUXNet       :class:`UXNet` (3D UX-Net)     no deep supervision; patch rounded up to a multiple of 16
+nnUNetTrainerSegMamba    :class:`SegMamba`              no deep supervision; patch rounded up to a multiple of 16
+nnUNetTrainerSegFormer3D :class:`SegFormer3D`           no deep supervision; patch rounded up to a multiple of 32
 ======================== ============================== ===============================================================
 
-Patch size adaptation (MONAI networks): the trainer rounds the configuration's patch size up to the network's
-divisor (:func:`adapt_plans_patch_size`) in ``__init__``, on its own copy of the plans, before nnU-Net's trainer sees
-them. nnU-Net then trains on the adapted patch (the data loader pads where cases are smaller), copies these plans to
-``plans.json`` in the results folder and stores them in the checkpoints' ``init_args``; its predictor reads
-``plans.json``, so sliding-window inference uses the same adapted patch. The adaptation is idempotent, so
-``--c`` (continue) and prediction rebuild the same network. The original patch is logged and recorded in
-``run_config.json`` (``network.patch_size_plans``).
+UX-Net, SegMamba and SegFormer3D are written from their papers (:mod:`xlstm_unet.baselines`), at the papers' sizes.
 
-Deep supervision (MONAI networks): they return one output, so the trainer sets ``enable_deep_supervision = False``
+Patch size adaptation (MONAI networks and the networks written from papers, :class:`PatchAdaptedTrainer`): the
+trainer rounds the configuration's patch size up to the network's divisor (:func:`adapt_plans_patch_size`) in
+``__init__``, on its own copy of the plans, before nnU-Net's trainer sees them. nnU-Net then trains on the adapted
+patch (the data loader pads where cases are smaller), copies these plans to ``plans.json`` in the results folder and
+stores them in the checkpoints' ``init_args``; its predictor reads ``plans.json``, so sliding-window inference uses
+the same adapted patch. The adaptation is idempotent, so ``--c`` (continue) and prediction rebuild the same network.
+The original patch is logged and recorded in ``run_config.json`` (``network.patch_size_plans``).
+
+Deep supervision (the same networks): they return one output, so the trainer sets ``enable_deep_supervision = False``
 in ``__init__`` (nnU-Net then builds the plain Dice + CE loss and the data loader produces full-resolution targets
 only) and makes ``set_deep_supervision_enabled`` a no-op (nnU-Net's version sets ``network.decoder.deep_supervision``,
-which MONAI networks lack). U-Mamba keeps nnU-Net's deep supervision.
+which these networks lack). U-Mamba keeps nnU-Net's deep supervision.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ from xlstm_unet.baselines import (
     MONAI_DEFAULTS,
     MambaPlacement,
     MonaiNetwork,
+    PaperBaseline,
+    SegFormer3D,
+    SegMamba,
+    UXNet,
     build_monai_network,
     patch_divisor,
     round_up_patch_size,
@@ -53,7 +62,9 @@ from xlstm_unet.nnunet.trainers import nnUNetTrainerRecipe
 
 __all__ = [
     "adapt_plans_patch_size",
+    "PatchAdaptedTrainer",
     "MonaiBaselineTrainer",
+    "PaperBaselineTrainer",
     "UMambaTrainer",
     "nnUNetTrainerSegResNet",
     "nnUNetTrainerUNETR",
@@ -62,6 +73,9 @@ __all__ = [
     "nnUNetTrainerMedNeXt",
     "nnUNetTrainerUMambaBot",
     "nnUNetTrainerUMambaEnc",
+    "nnUNetTrainerUXNet",
+    "nnUNetTrainerSegMamba",
+    "nnUNetTrainerSegFormer3D",
 ]
 
 
@@ -86,16 +100,12 @@ def adapt_plans_patch_size(plans: dict, configuration: str, divisor: int) -> tup
     return new_plans, original
 
 
-class MonaiBaselineTrainer(nnUNetTrainerRecipe):
-    """Base of the MONAI baseline trainers: network ``network_name`` with ``network_kwargs`` over the defaults.
+class PatchAdaptedTrainer(nnUNetTrainerRecipe):
+    """Base of the trainers whose network has one output and needs every patch axis divisible by a number.
 
-    Subclasses set ``network_name`` (a :class:`~xlstm_unet.baselines.MonaiNetwork`) and optionally
-    ``network_kwargs`` (overrides of :data:`~xlstm_unet.baselines.MONAI_DEFAULTS`, e.g. a smaller size). See the
-    module docstring for the patch size adaptation and deep supervision.
+    Subclasses give :meth:`patch_divisor`, :meth:`network_label`, :meth:`network_config` and
+    ``build_network_architecture``. See the module docstring for the patch size adaptation and deep supervision.
     """
-
-    network_name: ClassVar[MonaiNetwork]
-    network_kwargs: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -106,7 +116,7 @@ class MonaiBaselineTrainer(nnUNetTrainerRecipe):
         patch = tuple(self.configuration_manager.patch_size)
         if patch != original:
             self.print_to_log_file(
-                f"{self.network_name.value} needs patch axes divisible by {self.patch_divisor()}: patch size "
+                f"{self.network_label()} needs patch axes divisible by {self.patch_divisor()}: patch size "
                 f"{list(original)} of the plans rounded up to {list(patch)} (used for training and inference).")
 
     @classmethod
@@ -115,8 +125,52 @@ class MonaiBaselineTrainer(nnUNetTrainerRecipe):
 
     @classmethod
     def patch_divisor(cls) -> int:
-        """The number each patch axis must be divisible by (see :func:`xlstm_unet.baselines.patch_divisor`)."""
+        """The number each patch axis must be divisible by."""
+        raise NotImplementedError
+
+    @classmethod
+    def network_label(cls) -> str:
+        """The network's name in logs and in ``run_config.json``."""
+        raise NotImplementedError
+
+    @classmethod
+    def network_config(cls) -> dict[str, Any]:
+        """The network's keyword arguments (besides the data's channels, dimensions and patch)."""
+        raise NotImplementedError
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        """No-op: these networks have no deep supervision outputs."""
+
+    def network_description(self) -> dict:
+        return {"class": self.network_label(), "kwargs": self.network_config(), "deep_supervision": False,
+                "patch_size_plans": list(self.patch_size_plans),
+                "patch_size": list(self.configuration_manager.patch_size)}
+
+
+class MonaiBaselineTrainer(PatchAdaptedTrainer):
+    """Base of the MONAI baseline trainers: network ``network_name`` with ``network_kwargs`` over the defaults.
+
+    Subclasses set ``network_name`` (a :class:`~xlstm_unet.baselines.MonaiNetwork`) and optionally
+    ``network_kwargs`` (overrides of :data:`~xlstm_unet.baselines.MONAI_DEFAULTS`, e.g. a smaller size).
+    """
+
+    network_name: ClassVar[MonaiNetwork]
+    network_kwargs: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def patch_divisor(cls) -> int:
+        """See :func:`xlstm_unet.baselines.patch_divisor`."""
         return patch_divisor(cls.network_name, cls.network_kwargs)
+
+    @classmethod
+    def network_label(cls) -> str:
+        return f"monai:{cls.network_name.value}"
+
+    @classmethod
+    def network_config(cls) -> dict[str, Any]:
+        kwargs = dict(MONAI_DEFAULTS[cls.network_name])
+        kwargs.update(cls.network_kwargs)
+        return kwargs
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -127,16 +181,6 @@ class MonaiBaselineTrainer(nnUNetTrainerRecipe):
         return build_monai_network(cls.network_name, spatial_dims=len(patch), in_channels=num_input_channels,
                                    out_channels=num_output_channels, patch_size=patch,
                                    overrides=dict(cls.network_kwargs))
-
-    def set_deep_supervision_enabled(self, enabled: bool) -> None:
-        """No-op: the MONAI networks have no deep supervision outputs."""
-
-    def network_description(self) -> dict:
-        kwargs = dict(MONAI_DEFAULTS[self.network_name])
-        kwargs.update(self.network_kwargs)
-        return {"class": f"monai:{self.network_name.value}", "kwargs": kwargs, "deep_supervision": False,
-                "patch_size_plans": list(self.patch_size_plans),
-                "patch_size": list(self.configuration_manager.patch_size)}
 
 
 class nnUNetTrainerSegResNet(MonaiBaselineTrainer):
@@ -208,3 +252,54 @@ class nnUNetTrainerUMambaEnc(UMambaTrainer):
 
     mamba_placement = MambaPlacement.ENC
     recipe_variant = "enc"
+
+
+class PaperBaselineTrainer(PatchAdaptedTrainer):
+    """Base of the trainers of the networks written from their papers: ``network_class`` with ``network_kwargs``.
+
+    Subclasses set ``network_class`` (a :class:`~xlstm_unet.baselines.PaperBaseline`) and optionally
+    ``network_kwargs`` (overrides of its constructor's defaults, which are the paper's configuration).
+    """
+
+    network_class: ClassVar[type[PaperBaseline]]
+    network_kwargs: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def patch_divisor(cls) -> int:
+        return cls.network_class.patch_divisor(**cls.network_kwargs)
+
+    @classmethod
+    def network_label(cls) -> str:
+        return f"xlstm_unet.baselines.{cls.network_class.__name__}"
+
+    @classmethod
+    def network_config(cls) -> dict[str, Any]:
+        kwargs = cls.network_class.default_kwargs()
+        kwargs.update(cls.network_kwargs)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        """The network for the configuration's dimensionality; ``enable_deep_supervision`` is ignored (one output).
+        The network checks in ``forward`` that the patch is divisible (the trainer adapted the plans)."""
+        return cls.network_class(len(configuration_manager.patch_size), num_input_channels, num_output_channels,
+                                 **cls.network_kwargs)
+
+
+class nnUNetTrainerUXNet(PaperBaselineTrainer):
+    """3D UX-Net (Lee et al., ICLR 2023), the paper's configuration (widths 48-384, kernel 7, bottleneck 768)."""
+
+    network_class = UXNet
+
+
+class nnUNetTrainerSegMamba(PaperBaselineTrainer):
+    """SegMamba (Xing et al., MICCAI 2024): TSMamba encoder (widths 48-384), FUE, UNETR decoder (bottleneck 768)."""
+
+    network_class = SegMamba
+
+
+class nnUNetTrainerSegFormer3D(PaperBaselineTrainer):
+    """SegFormer3D (Perera et al., CVPRW 2024), the paper's configuration (widths 32-256, 4.5 M parameters)."""
+
+    network_class = SegFormer3D

@@ -40,6 +40,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("mednext", "nnUNetTrainerMedNeXt", label="MedNeXt", dims=(3,)),
     Method("umamba_bot", "nnUNetTrainerUMambaBot", label="U-Mamba Bot"),
     Method("umamba_enc", "nnUNetTrainerUMambaEnc", label="U-Mamba Enc", dims=(2,)),
+    Method("uxnet", "nnUNetTrainerUXNet", label="3D UX-Net", dims=(3,)),
+    Method("segmamba", "nnUNetTrainerSegMamba", label="SegMamba", dims=(3,)),
+    Method("segformer3d", "nnUNetTrainerSegFormer3D", label="SegFormer3D", dims=(3,)),
 )}
 
 
