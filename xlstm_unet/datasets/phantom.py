@@ -213,18 +213,29 @@ def _load3d(ss: np.random.SeedSequence, shape_zyx: tuple[int, int, int], spacing
     return CaseData(channels=chans, label=lab, affine=affine)
 
 
-def _check_counts(n_train: int, n_test: int) -> None:
-    if n_train < 1 or n_test < 0:
-        raise ValueError(f"need n_train >= 1 and n_test >= 0, got n_train={n_train}, n_test={n_test}")
+def _check_counts(n_train: int, n_test: int, n_val: int) -> None:
+    if n_train < 1 or n_test < 0 or not 0 <= n_val < n_train:
+        raise ValueError(f"need n_train >= 1, n_test >= 0 and 0 <= n_val < n_train, got n_train={n_train}, "
+                         f"n_test={n_test}, n_val={n_val}")
 
 
-def build_phantom2d(source: None = None, *, seed: int = 0, n_train: int = 24, n_test: int = 8,
+def _split_extra(prefix: str, n_train: int, n_val: int) -> dict:
+    """split.json: how the cases were split, and with ``n_val`` the last training cases as the validation part
+    (nnU-Net's fold 0, see :func:`xlstm_unet.nnunet.write_splits`)."""
+    extra = {"method": "generated: first n_train cases train (the last n_val of them validation), the rest test"}
+    if n_val:
+        extra["val"] = [f"{prefix}_{k:03d}" for k in range(n_train - n_val, n_train)]
+    return extra
+
+
+def build_phantom2d(source: None = None, *, seed: int = 0, n_train: int = 24, n_test: int = 8, n_val: int = 0,
                     shape: tuple[int, int] = (128, 128), noise: float = 0.06, bias: float = 0.25) -> DatasetPlan:
-    """Plan the SYNTHETIC 2D phantom: ``n_train`` + ``n_test`` cases of ``shape = (H, W)``, seeded by ``seed``.
+    """Plan the SYNTHETIC 2D phantom: ``n_train`` + ``n_test`` cases of ``shape = (H, W)``, seeded by ``seed``;
+    the last ``n_val`` training cases are the split's validation part.
 
     Case ``k`` uses the ``k``-th child of ``SeedSequence(seed)``, so the same seed gives the same data.
     """
-    _check_counts(n_train, n_test)
+    _check_counts(n_train, n_test, n_val)
     shape = (int(shape[0]), int(shape[1]))
     seeds = _seeds(seed, n_train + n_test)
     cases = tuple(
@@ -246,16 +257,17 @@ def build_phantom2d(source: None = None, *, seed: int = 0, n_train: int = 24, n_
         licence="synthetic data, no restrictions",
         extra={"generator": {"shape_hw": list(shape), "noise": noise, "bias": bias, "n_train": n_train,
                              "n_test": n_test}},
-        split_extra={"method": "generated: first n_train cases train, the rest test"},
+        split_extra=_split_extra("phantom2d", n_train, n_val),
     )
 
 
-def build_phantom3d(source: None = None, *, seed: int = 0, n_train: int = 8, n_test: int = 4,
+def build_phantom3d(source: None = None, *, seed: int = 0, n_train: int = 8, n_test: int = 4, n_val: int = 0,
                     shape_zyx: tuple[int, int, int] = (32, 64, 64),
                     spacing_zyx: tuple[float, float, float] = (2.0, 1.0, 1.0),
                     noise: float = 0.05, bias: float = 0.2) -> DatasetPlan:
-    """Plan the SYNTHETIC 3D multi-modal phantom (BraTS-like labels and regions); see the module docstring."""
-    _check_counts(n_train, n_test)
+    """Plan the SYNTHETIC 3D multi-modal phantom (BraTS-like labels and regions); see the module docstring.
+    The last ``n_val`` training cases are the split's validation part."""
+    _check_counts(n_train, n_test, n_val)
     shape_zyx = tuple(int(s) for s in shape_zyx)  # type: ignore[assignment]
     spacing_zyx = tuple(float(s) for s in spacing_zyx)  # type: ignore[assignment]
     if len(shape_zyx) != 3 or len(spacing_zyx) != 3 or min(spacing_zyx) <= 0:
@@ -283,7 +295,7 @@ def build_phantom3d(source: None = None, *, seed: int = 0, n_train: int = 8, n_t
         extra={"label_values": {"necrotic_core": 1, "edema": 2, "enhancing_tumor": 3},
                "generator": {"shape_zyx": list(shape_zyx), "spacing_zyx_mm": list(spacing_zyx), "noise": noise,
                              "bias": bias, "n_train": n_train, "n_test": n_test}},
-        split_extra={"method": "generated: first n_train cases train, the rest test"},
+        split_extra=_split_extra("phantom3d", n_train, n_val),
     )
 
 

@@ -11,7 +11,7 @@ import os as _os
 
 _os.environ.setdefault("nnUNet_def_n_proc", str(max(1, min(8, _os.cpu_count() or 1))))
 
-from xlstm_unet.nnunet.api import dataset_name, model_folder, predict, prepare, train, trainer_name
+from xlstm_unet.nnunet.api import dataset_name, model_folder, predict, prepare, train, trainer_name, write_splits
 from xlstm_unet.nnunet.methods import METHODS, get_method
 
-__all__ = ["prepare", "train", "predict", "model_folder", "dataset_name", "trainer_name", "METHODS", "get_method"]
+__all__ = ["prepare", "write_splits", "train", "predict", "model_folder", "dataset_name", "trainer_name", "METHODS", "get_method"]
