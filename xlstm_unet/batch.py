@@ -207,8 +207,10 @@ def _error_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
-def run_experiment(cfg: BatchConfig, exp: Experiment, force: bool = False, progress_bar: bool = False) -> RunResult:
-    """Run one experiment unless it is done (or ``force``); never raises for a failing notebook."""
+def run_experiment(cfg: BatchConfig, exp: Experiment, force: bool = False, progress_bar: bool = False,
+                   log_output: bool = False) -> RunResult:
+    """Run one experiment unless it is done (or ``force``); never raises for a failing notebook.
+    ``log_output`` streams the notebook's output (training epochs, progress bars) to this process's log."""
     import papermill as pm
 
     out_nb, marker = _paths(cfg, exp)
@@ -224,6 +226,8 @@ def run_experiment(cfg: BatchConfig, exp: Experiment, force: bool = False, progr
         pm.execute_notebook(
             str(exp.notebook), str(out_nb), parameters=dict(exp.parameters), kernel_name=cfg.kernel,
             cwd=str(cfg.base_dir), progress_bar=progress_bar, execution_timeout=cfg.timeout,
+            log_output=log_output, stdout_file=sys.stdout if log_output else None,
+            stderr_file=sys.stderr if log_output else None,
         )
     except Exception as err:  # noqa: BLE001 - any failure of one experiment is reported, the batch goes on
         return RunResult(exp.name, Status.FAILED, _error_line(err),
@@ -242,7 +246,7 @@ def run_experiment(cfg: BatchConfig, exp: Experiment, force: bool = False, progr
 
 
 def run_all(cfg: BatchConfig | str | os.PathLike, force: bool = False, only: Sequence[str] | None = None,
-            progress_bar: bool = False) -> list[RunResult]:
+            progress_bar: bool = False, log_output: bool = False) -> list[RunResult]:
     """Run the experiments of a config in order (``only``: just these names), continuing past failures."""
     if not isinstance(cfg, BatchConfig):
         cfg = load_config(cfg)
@@ -254,7 +258,7 @@ def run_all(cfg: BatchConfig | str | os.PathLike, force: bool = False, only: Seq
         exps = [e for e in exps if e.name in set(only)]
     results = []
     for exp in exps:
-        res = run_experiment(cfg, exp, force=force, progress_bar=progress_bar)
+        res = run_experiment(cfg, exp, force=force, progress_bar=progress_bar, log_output=log_output)
         log.info("%s: %s %s", res.name, res.status.value, res.error)
         results.append(res)
     return results
@@ -276,7 +280,8 @@ def format_summary(results: Sequence[RunResult]) -> str:
 
 def _cmd_run_all(args: argparse.Namespace) -> int:
     try:
-        results = run_all(args.config, force=args.force, only=args.only, progress_bar=args.progress)
+        results = run_all(args.config, force=args.force, only=args.only, progress_bar=args.progress,
+                          log_output=args.log_output)
     except ValueError as err:
         sys.stderr.write(f"xlstm-unet run-all: {err}\n")
         return 2
@@ -296,5 +301,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="NAME",
                    help="run only this experiment (repeatable)")
     p.add_argument("--progress", action="store_true", help="show papermill's per-cell progress bar")
+    p.add_argument("--log-output", action="store_true",
+                   help="stream each notebook's output (nnU-Net's epochs, progress bars) while it runs")
     p.set_defaults(func=_cmd_run_all)
     return p
