@@ -93,7 +93,7 @@ RUN = (
     "res.results_dir")
 
 CURVES = (
-    "from xlstm_unet.figures import plot_training_curves\n\n"
+    "from xlstm_unet.study import plot_training_curves\n\n"
     'plot_training_curves(res.results_dir, methods, fig_dir / "training_curves")')
 
 TABLE = (
