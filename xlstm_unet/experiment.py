@@ -235,6 +235,7 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
         mirroring: nnU-Net's test-time mirroring when predicting (its default; off is 4x (2D) / 8x (3D) faster).
     """
     validate_experiment_args(dataset, methods, source=source, device=device, configuration=configuration)
+    fold = "all" if str(fold) == "all" else int(fold)  # notebooks pass it as text
     from xlstm_unet.datasets import DATASETS, convert
     from xlstm_unet.nnunet import prepare
     from xlstm_unet.nnunet.env import apply_env
@@ -264,11 +265,13 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
                        variant=dict(epochs=epochs, iterations=iterations, recipe=recipe, lr=lr,
                                     batch_size=batch_size, amp=amp))
     res = ExperimentResult(dataset=raw.name, raw_dir=raw, results_dir=results, methods=list(methods))
-    for m in methods:
-        method_seeds = list((seeds_by_method or {}).get(m) or seeds or [seed])
-        for s in method_seeds:
-            _run_seed(setting, m, s, results / m / f"seed{s}")
-        res.summaries[m] = aggregate_seeds(results / m, method_seeds)
+    method_seeds = {m: list((seeds_by_method or {}).get(m) or seeds or [seed]) for m in methods}
+    # seed-major: every method's first seed before any second one, so that a long study has a complete table early
+    for k in range(max(len(v) for v in method_seeds.values())):
+        for m in methods:
+            if k < len(method_seeds[m]):
+                _run_seed(setting, m, method_seeds[m][k], results / m / f"seed{method_seeds[m][k]}")
+                res.summaries[m] = aggregate_seeds(results / m, method_seeds[m][:k + 1])
     return res
 
 
