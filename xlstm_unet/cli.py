@@ -18,6 +18,7 @@ __all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "xlstm_unet.nnunet.env",      # env
     "xlstm_unet.datasets.cli",    # convert
+    "xlstm_unet.nnunet.plans",    # prepare
     "xlstm_unet.evaluation",      # evaluate
     "xlstm_unet.batch",           # run-all
 )
