@@ -69,6 +69,33 @@ def test_predict_matches_nnunet_on_renamed_phantom_images(phantom2d_model, phant
     assert sorted(p.name for p in one.iterdir()) == [names[1]]
 
 
+@pytest.mark.slow
+def test_predict_3d_case_folder_with_named_channel_files(phantom3d_prepared, nnunet_root, tmp_path):
+    """A new 3D case as a folder of channel files named after the model's channels (BraTS style), with a seg file
+    to ignore: the same mask as nnU-Net's predictor on the converted case, and an overlay."""
+    from xlstm_unet.nnunet import train
+    from xlstm_unet.datasets.phantom import PHANTOM3D_CHANNELS
+
+    fold = train(phantom3d_prepared, "nnunet", configuration="3d_fullres", epochs=1, iterations=1, device="cpu",
+                 validate=False)
+    raw = nnunet_root / "nnUNet_raw" / phantom3d_prepared
+    case = sorted((raw / "labelsTs").glob("*.nii.gz"))[0].name[: -len(".nii.gz")]
+    study = tmp_path / "new patients" / "BraTS-GLI-00042-000"
+    study.mkdir(parents=True)
+    for c, name in sorted(PHANTOM3D_CHANNELS.items()):
+        shutil.copy(raw / "imagesTs" / f"{case}_{int(c):04d}.nii.gz", study / f"{study.name}-{name}.nii.gz")
+    shutil.copy(raw / "labelsTs" / f"{case}.nii.gz", study / f"{study.name}-seg.nii.gz")
+    masks = predict_images(fold, study.parent, tmp_path / "out", overlay=True, progress=False)
+    assert [m.name for m in masks] == ["BraTS-GLI-00042-000.nii.gz"]
+    ref = predict(fold, raw / "imagesTs", tmp_path / "ref")
+    import SimpleITK as sitk
+
+    got, want = (sitk.ReadImage(str(p)) for p in (masks[0], ref / f"{case}.nii.gz"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(want))
+    assert got.GetSpacing() == pytest.approx(want.GetSpacing())
+    assert read_png(tmp_path / "out" / "overlays" / "BraTS-GLI-00042-000.png").shape[2] == 3
+
+
 # ----------------------------------------------------------------------------------------------- input rules
 
 def test_input_errors_name_the_file_and_write_nothing(tmp_path):
@@ -112,6 +139,33 @@ def test_input_errors_name_the_file_and_write_nothing(tmp_path):
         predict_images(grey, tmp_path / "in7", out, progress=False)
     assert not out.exists()
     assert main(["predict", str(grey), str(tmp_path / "in1"), str(out)]) == 2
+
+
+def test_failure_while_predicting_leaves_output_as_it_was(tmp_path, monkeypatch):
+    import xlstm_unet.nnunet.api as api
+
+    class FailsOnSecondCase:
+        calls = 0
+
+        def predict_from_files_sequential(self, files, outputs, **kwargs):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("out of memory")
+            write_png(Path(outputs[0] + ".png"), np.ones((8, 8), np.uint8))
+
+    monkeypatch.setattr(api, "load_predictor", lambda *a, **k: FailsOnSecondCase())
+    model = _fake_model(tmp_path / "m", ["CT"], ".png", 2)
+    for name in ("a.png", "b.png"):
+        write_png(tmp_path / "in" / name, np.zeros((8, 8), np.uint8))
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        predict_images(model, tmp_path / "in", out, progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        predict_images(model, tmp_path / "in", out, overlay=True, progress=False)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and not list(tmp_path.glob(".out.partial-*"))
 
 
 def test_case_folders_channels_by_name_or_index_and_3d_staging(tmp_path):
