@@ -27,7 +27,8 @@ from xlstm_unet.nnunet.plans import add_configuration, parse_configuration
 from xlstm_unet.nnunet.trainers import STOP_AFTER_EPOCH_ENV, TrainingPaused
 from xlstm_unet.nnunet.variants import trainer_variant_name
 
-__all__ = ["prepare", "write_splits", "train", "predict", "model_folder", "dataset_name", "trainer_name"]
+__all__ = ["prepare", "write_splits", "train", "predict", "load_predictor", "check_device", "model_folder",
+           "dataset_name", "trainer_name"]
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +214,7 @@ def train(dataset: int | str, method: str = "xlstm_enc", *, configuration: str =
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but CUDA is not available")
+    check_device(device)
     tr = trainer_name(method, epochs=epochs, iterations=iterations, recipe=recipe, lr=lr, batch_size=batch_size,
                       amp=amp, seed=seed)
     plans = get_method(method).plans
@@ -251,24 +249,10 @@ def predict(model: str | os.PathLike, input_dir: str | os.PathLike, output_dir: 
     Returns:
         ``output_dir``, holding one label map per case.
     """
-    apply_env()
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    model = Path(model)
-    if model.name.startswith("fold_"):
-        folds = folds or [model.name[5:]]
-        model = model.parent
-    if not (model / "plans.json").is_file():
-        raise FileNotFoundError(f"{model} is not an nnU-Net model folder (no plans.json)")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder {input_dir} does not exist")
-    folds = [f if f == "all" else int(f) for f in folds] if folds else None
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                perform_everything_on_device=str(device).startswith("cuda"),
-                                device=torch.device(device), verbose=False, allow_tqdm=True)
-    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=checkpoint)
+    predictor = load_predictor(model, folds=folds, device=device, checkpoint=checkpoint, mirroring=mirroring)
     output_dir.mkdir(parents=True, exist_ok=True)
     if num_processes == 0:
         predictor.predict_from_files_sequential(str(input_dir), str(output_dir), save_probabilities=False,
@@ -278,3 +262,36 @@ def predict(model: str | os.PathLike, input_dir: str | os.PathLike, output_dir: 
                                      num_processes_preprocessing=num_processes,
                                      num_processes_segmentation_export=num_processes)
     return output_dir
+
+
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` unless ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, ``RuntimeError`` when CUDA
+    is requested but not available."""
+    import torch
+
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but CUDA is not available")
+
+
+def load_predictor(model: str | os.PathLike, *, folds: Sequence[int | str] | None = None, device: str = "cpu",
+                   checkpoint: str = "checkpoint_final.pth", mirroring: bool = True, allow_tqdm: bool = True):
+    """An ``nnUNetPredictor`` initialised from a trained model (see :func:`predict` for the arguments)."""
+    apply_env()
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    check_device(device)
+    model = Path(model)
+    if model.name.startswith("fold_"):
+        folds = folds or [model.name[5:]]
+        model = model.parent
+    if not (model / "plans.json").is_file():
+        raise FileNotFoundError(f"{model} is not an nnU-Net model folder (no plans.json)")
+    folds = [f if f == "all" else int(f) for f in folds] if folds else None
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+                                perform_everything_on_device=str(device).startswith("cuda"),
+                                device=torch.device(device), verbose=False, allow_tqdm=allow_tqdm)
+    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=checkpoint)
+    return predictor
