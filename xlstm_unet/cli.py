@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "xlstm_unet.nnunet.plans",    # prepare
     "xlstm_unet.evaluation",      # evaluate
     "xlstm_unet.batch",           # run-all
+    "xlstm_unet.study",           # tables
     "xlstm_unet.inference",       # predict
     "xlstm_unet.nnunet.share",    # export, import
 )
