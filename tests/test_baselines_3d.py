@@ -192,15 +192,20 @@ def test_paper_trainers_are_registered_and_described(nnunet_root):
 @pytest.mark.parametrize("cls", NETWORKS, ids=IDS)
 def test_paper_size_network_runs_nnunets_training_loop_and_predictor(cls, phantom3d_prepared, nnunet_root,
                                                                      tmp_path):
-    """The method's network at the paper's size through nnU-Net's whole run on the 3D phantom (one epoch of one
-    iteration, on CPU): data loaders, on_train_start, validation, final validation, checkpoint; then nnU-Net's
-    predictor, which rebuilds the network from the results folder."""
-    from xlstm_unet.nnunet import predict, train
+    """The method's network at the paper's size through nnU-Net's own CLI on the 3D phantom (``nnUNetv2_train`` for
+    one epoch of one iteration, on CPU: data loaders, on_train_start, validation, final validation, checkpoint;
+    then ``nnUNetv2_predict``, which rebuilds the network from the results folder)."""
+    from nnunet_cli import cli_env, run_cli
+
+    from xlstm_unet.nnunet import model_folder
 
     method, trainer = {UXNet: ("uxnet", bt.nnUNetTrainerUXNet), SegMamba: ("segmamba", bt.nnUNetTrainerSegMamba),
                        SegFormer3D: ("segformer3d", bt.nnUNetTrainerSegFormer3D)}[cls]
     divisor = cls.patch_divisor()
-    fold = train(phantom3d_prepared, method, configuration="3d_fullres", epochs=1, iterations=1, device="cpu")
+    env = cli_env(nnunet_root)
+    did = phantom3d_prepared[7:10]
+    run_cli(["nnUNetv2_train", did, "3d_fullres", "0", "-tr", f"{trainer.__name__}_1ep_1it", "-device", "cpu"], env)
+    fold = model_folder(phantom3d_prepared, method, configuration="3d_fullres", epochs=1, iterations=1) / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file()
     run = json.loads((fold / "run_config.json").read_text())
     network = run["network"]
@@ -211,7 +216,10 @@ def test_paper_size_network_runs_nnunets_training_loop_and_predictor(cls, phanto
     assert plans["configurations"]["3d_fullres"]["patch_size"] == network["patch_size"] == run["patch_size"]
     assert [math.ceil(p / divisor) * divisor for p in network["patch_size_plans"]] == network["patch_size"]
     raw = nnunet_root / "nnUNet_raw" / phantom3d_prepared
-    out = predict(fold, raw / "imagesTs", tmp_path / "pred", device="cpu", mirroring=False)
+    out = tmp_path / "pred"
+    run_cli(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", did, "-c", "3d_fullres", "-f",
+             "0", "-tr", f"{trainer.__name__}_1ep_1it", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+            env)
     ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
     assert sorted(p.name for p in out.glob(f"*{ending}")) == sorted(p.name for p in (raw / "labelsTs").glob(
         f"*{ending}"))

@@ -6,7 +6,8 @@ Usage::
     nnUNetv2_train 901 2d 0 -tr nnUNetTrainerXLSTMBot -device cpu
 
 ``nnUNet_extTrainer`` points at our trainer folder; ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results``
-keep the user's values when set, and default to ``data/...`` in the repository otherwise.
+keep the user's values when set, and default to ``data/...`` in the repository otherwise; ``nnUNet_def_n_proc``
+(nnU-Net's worker processes, 8 by default) keeps the user's value, else this machine's CPU count up to 8.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import shlex
 
 from xlstm_unet.nnunet.variants import ext_trainer_dir
-from xlstm_unet.paths import nnunet_dirs
+from xlstm_unet.paths import NNUNET_VARS, nnunet_dirs
 
 __all__ = ["env_vars", "env_exports", "apply_env", "register"]
 
@@ -27,6 +28,8 @@ def env_vars(data_root: str | os.PathLike | None = None) -> dict[str, str]:
     ext = str(ext_trainer_dir())
     existing = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p and p != ext]
     out["nnUNet_extTrainer"] = os.pathsep.join([ext, *existing])
+    # nnU-Net's worker count for preprocessing and the final validation's export (its default, 8, on any machine)
+    out["nnUNet_def_n_proc"] = os.environ.get("nnUNet_def_n_proc") or str(max(1, min(8, os.cpu_count() or 1)))
     return out
 
 
@@ -40,7 +43,7 @@ def apply_env(data_root: str | os.PathLike | None = None) -> dict[str, str]:
     values = env_vars(data_root)
     for k, v in values.items():
         os.environ[k] = v
-        if k != "nnUNet_extTrainer":
+        if k in NNUNET_VARS:
             os.makedirs(v, exist_ok=True)
     return values
 
