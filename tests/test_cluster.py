@@ -147,14 +147,15 @@ def test_jobs_submit_collect_resubmit_and_finish(tmp_path, capsys):
     # 1) every training job and the tables notebook run; "bad" fails, "slow" pauses, the final job waits for them
     assert main(["run-all", str(path), "--executor", "submitit-local", "--time-limit", "1h"]) == 1
     lines = _summary(capsys.readouterr().out)
-    assert list(lines) == ["exp/a_fold0_seed0", "exp/a_fold0_seed1", "exp/bad_fold0_seed0", "exp/slow_fold0_seed0", "tables"]
+    assert list(lines) == ["exp/a_fold0_seed0", "exp/a_fold0_seed1", "exp/bad_fold0_seed0", "exp/slow_fold0_seed0",
+                           "tables"]
     assert " ok (" in lines["exp/a_fold0_seed0"] and " ok (" in lines["tables"]
     assert "FAILED: ValueError: boom bad" in lines["exp/bad_fold0_seed0"]
     assert "paused: ExperimentPaused: slow seed 0: training paused (time limit)" in lines["exp/slow_fold0_seed0"]
     rows = _rows(tmp_path)
-    assert {k: r["state"] for k, r in rows.items()} == {"exp/a_fold0_seed0": "ok", "exp/a_fold0_seed1": "ok",
-                                                        "exp/bad_fold0_seed0": "failed", "exp/slow_fold0_seed0": "paused",
-                                                        "tables": "ok"}
+    assert {k: r["state"] for k, r in rows.items()} == {
+        "exp/a_fold0_seed0": "ok", "exp/a_fold0_seed1": "ok", "exp/bad_fold0_seed0": "failed",
+        "exp/slow_fold0_seed0": "paused", "tables": "ok"}
     log = Path(rows["exp/a_fold0_seed1"]["stdout"])
     assert log.is_file() and "trained a seed 1" in log.read_text()  # the notebook's output is in the job's log
     assert rows["exp/a_fold0_seed1"]["job_id"] and Path(rows["exp/a_fold0_seed1"]["notebook"]).is_file()

@@ -47,7 +47,7 @@ from xlstm_unet._io import temp_file_beside
 from xlstm_unet.batch import (BatchConfig, Experiment, RunResult, Status, _error_line, is_done,
                               run_experiment)
 from xlstm_unet.folds import run_dir_name
-from xlstm_unet.pause import PAUSE_SIGNALS, TIME_LIMIT_ENV, parse_duration
+from xlstm_unet.pause import PAUSE_SIGNALS, parse_duration
 
 __all__ = ["Executor", "SLURM_KEYS", "JOB_TABLE_COLUMNS", "JobSpec", "check_slurm", "expand_jobs",
            "read_job_table", "run_jobs"]
@@ -121,14 +121,16 @@ class JobSpec:
         return self.experiment if self.method is None else f"{self.experiment}/{self.run.name}"
 
 
-def _notebook_defaults(notebook: Path) -> dict[str, Any]:
+def _notebook_parameters(notebook: Path) -> tuple[set[str], dict[str, Any]]:
+    """The names of a notebook's parameters, and the defaults that are Python literals."""
     import papermill as pm
 
-    out = {}
-    for name, p in pm.inspect_notebook(str(notebook)).items():
+    params = pm.inspect_notebook(str(notebook))
+    defaults = {}
+    for name, p in params.items():
         with contextlib.suppress(ValueError, SyntaxError, TypeError):
-            out[name] = ast.literal_eval(str(p["default"]))
-    return out
+            defaults[name] = ast.literal_eval(str(p["default"]))
+    return set(params), defaults
 
 
 def expand_jobs(cfg: BatchConfig, exp: Experiment) -> tuple[list[JobSpec], JobSpec]:
@@ -137,14 +139,17 @@ def expand_jobs(cfg: BatchConfig, exp: Experiment) -> tuple[list[JobSpec], JobSp
     final = JobSpec(exp.name, cfg, exp, slurm)
     if not exp.notebook.is_file():
         return [], final
-    defaults = _notebook_defaults(exp.notebook)
+    names, defaults = _notebook_parameters(exp.notebook)
     params = {**defaults, **exp.parameters}
-    if "methods" not in defaults:
+    if "methods" not in names:
         return [], final
+    if "methods" not in params:
+        raise ValueError(f"{cfg.path}: {exp.name}: the default of 'methods' in {exp.notebook} is not a literal list; "
+                         "give 'methods' in the experiment's parameters")
     jobs_cfg = replace(cfg, output_dir=cfg.output_dir / "jobs" / exp.name)
     folds = list(params.get("folds") or [])
     extra: dict[str, Any] = {}
-    if slurm.get("gpus_per_node", 0) > 1 and "num_gpus" in defaults and "num_gpus" not in exp.parameters:
+    if slurm.get("gpus_per_node", 0) > 1 and "num_gpus" in names and "num_gpus" not in exp.parameters:
         extra["num_gpus"] = slurm["gpus_per_node"]  # DDP over the job's GPUs; a laptop run keeps the default
     jobs = []
     for m in params["methods"]:
