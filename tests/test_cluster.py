@@ -107,6 +107,31 @@ def test_slurm_section_is_checked_and_jobs_map_onto_notebook_runs(tmp_path):
     assert training[0].slurm == {"partition": "gpu", "time": 1440, "gpus_per_node": 2}
 
 
+def test_slurm_resources_reach_sbatch(tmp_path, monkeypatch, capsys):
+    from xlstm_unet.cluster import Executor, _make_executor
+
+    path = _config(tmp_path, ["a"])
+    raw = yaml.safe_load(path.read_text())
+    raw["slurm"].update(mem=64, cpus_per_task=8, setup=["module load cuda"], additional_parameters={"qos": "high"})
+    raw["experiments"][0]["slurm"] = {"time": "1-00:00:00"}
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))
+    assert main(["run-all", str(path), "--executor", "slurm"]) == 2  # not a SLURM machine: a clear error
+    assert "--executor slurm needs SLURM's sbatch, srun, sacct on PATH" in capsys.readouterr().err
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # submitit looks for srun; nothing is submitted here
+    cfg = load_config(path)
+    training, _ = expand_jobs(cfg, cfg.experiments[0])
+    text = _make_executor(Executor.SLURM, tmp_path / "jobs", training[0].slurm, "exp")._make_submission_file_text(
+        "python -m submitit.core._submit x", "uid")
+    for flag in ("--partition=gpu", "--time=1440", "--gpus-per-node=2", "--mem=64G", "--cpus-per-task=8",
+                 "--qos=high", "--job-name=xlstm-unet-exp", f"--output={tmp_path / 'jobs'}/%j_0_log.out"):
+        assert f"#SBATCH {flag}\n" in text
+    assert "\nmodule load cuda\n" in text
+
+
 @pytest.mark.parametrize(("section", "match"), [
     ("executor: pbs\n", "'executor' must be one of"),
     ("slurm: {partitions: gpu}\n", "slurm: unknown keys \\['partitions'\\]"),

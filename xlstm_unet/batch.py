@@ -249,7 +249,7 @@ def run_experiment(cfg: BatchConfig, exp: Experiment, force: bool = False, progr
     kernel_env = os.environ.get(TIME_LIMIT_ENV)
     try:
         if time_limit is not None:  # the kernel inherits this process's environment
-            os.environ[TIME_LIMIT_ENV] = f"{time_limit:.0f}"
+            os.environ[TIME_LIMIT_ENV] = f"{max(time_limit, 1.0):.0f}"
         pm.execute_notebook(
             str(exp.notebook), str(out_nb), parameters=dict(exp.parameters), kernel_name=cfg.kernel,
             cwd=str(cfg.base_dir), progress_bar=progress_bar, execution_timeout=cfg.timeout,

@@ -34,6 +34,7 @@ import csv
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -260,6 +261,10 @@ def run_jobs(cfg: BatchConfig, exps: Sequence[Experiment], kind: Executor = Exec
     """
     import submitit
 
+    missing = [c for c in ("sbatch", "srun", "sacct") if shutil.which(c) is None] if kind is Executor.SLURM else []
+    if missing:
+        raise ValueError(f"{cfg.path}: --executor slurm needs SLURM's {', '.join(missing)} on PATH (a login node); "
+                         "elsewhere use --executor local")
     poll_s = poll_s if poll_s is not None else (30.0 if kind is Executor.SLURM else 2.0)
     wait = wait or kind is Executor.SUBMITIT_LOCAL  # local background jobs end with this process's session
     folder = cfg.output_dir / "jobs" / "submitit"
