@@ -60,6 +60,19 @@ def test_pause_handling_signals_deadlines_and_restore(monkeypatch):
         signal.signal(signal.SIGUSR1, previous)
 
 
+def test_forked_workers_keep_their_parents_handlers():
+    import multiprocessing
+
+    with pause_handling():  # multiprocessing.Pool.terminate() ends its (forked) workers with SIGTERM
+        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        worker.start()
+        time.sleep(0.5)
+        worker.terminate()
+        worker.join(timeout=20)
+        assert worker.exitcode == -signal.SIGTERM, "a forked child kept the pause handler"
+        assert pause_reason() is None  # and the parent was not asked to pause
+
+
 def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 

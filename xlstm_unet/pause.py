@@ -93,15 +93,31 @@ def format_duration(seconds: float) -> str:
 
 
 class _State:
-    """Process-wide: the first pause signal received and the earliest deadline (``time.time()``) in force."""
+    """Process-wide: the first pause signal received, the earliest deadline (``time.time()``) in force, and the
+    handlers that the outermost :func:`pause_handling` replaced."""
 
     signum: int | None = None
     deadline: float | None = None
     limit_s: float | None = None
     depth: int = 0
+    previous: dict = {}
 
 
 _state = _State()
+
+
+def _forget_in_child() -> None:
+    """A forked child (a multiprocessing worker, nnU-Net's augmentation workers) gets back the handlers its parent
+    had: ``multiprocessing.Pool.terminate`` ends workers with SIGTERM, which must not just set a flag there."""
+    with contextlib.suppress(ValueError):  # signal.signal outside the main thread
+        for s, handler in _state.previous.items():
+            signal.signal(s, handler)
+    _state.signum = _state.deadline = _state.limit_s = None
+    _state.depth, _state.previous = 0, {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def pause_reason() -> str | None:
@@ -135,16 +151,18 @@ def pause_handling(time_limit: str | float | None = None) -> Iterator[None]:
     outer = (_state.deadline, _state.limit_s)
     if limit is not None and (_state.deadline is None or time.time() + limit < _state.deadline):
         _state.deadline, _state.limit_s = time.time() + limit, limit
-    previous = {}
-    if _state.depth == 0 and threading.current_thread() is threading.main_thread():
-        previous = {s: signal.signal(s, _on_signal) for s in PAUSE_SIGNALS}
+    installed = _state.depth == 0 and threading.current_thread() is threading.main_thread()
+    if installed:
+        _state.previous = {s: signal.signal(s, _on_signal) for s in PAUSE_SIGNALS}
     _state.depth += 1
     try:
         yield
     finally:
         _state.depth -= 1
         _state.deadline, _state.limit_s = outer
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        if installed:
+            for s, handler in _state.previous.items():
+                signal.signal(s, handler)
+            _state.previous = {}
         if _state.depth == 0:
             _state.signum = None
