@@ -27,15 +27,17 @@ demo: install
 	@mkdir -p results/quickstart
 	$(PY) -m papermill --log-output notebooks/00_quickstart.ipynb results/quickstart/00_quickstart.ipynb
 
-# Efficiency benchmarks (JSON, read by notebooks/31_efficiency_report.ipynb); run alone on a quiet machine.
+# Efficiency benchmarks (JSON, read by notebooks/31_efficiency_report.ipynb, tables in benchmarks/README.md);
+# run alone on a quiet machine.
 bench: install
 	@mkdir -p benchmarks/results
 	$(PY) benchmarks/vil_scaling.py --json > benchmarks/results/.vil.json && \
 		mv benchmarks/results/.vil.json benchmarks/results/vil_scaling_cpu.json
 	$(PY) benchmarks/train_step.py --json > benchmarks/results/.step.json && \
 		mv benchmarks/results/.step.json benchmarks/results/train_step_cpu.json
-	$(PY) benchmarks/train_step.py --json --models resunet,enc_ckpt > benchmarks/results/.extra.json && \
+	$(PY) benchmarks/train_step.py --json --models resunet,enc_ckpt --methods none > benchmarks/results/.extra.json && \
 		mv benchmarks/results/.extra.json benchmarks/results/train_step_cpu_extra.json
+	$(PY) benchmarks/readme.py
 
 # The checks that need a CUDA GPU (triton tests, triton ViL rows, the paper's patch sizes), in one run.
 bench-gpu: install

@@ -1,42 +1,50 @@
-"""Train-step time and peak memory of XLSTMUNet (bot, enc, enc_official) against nnU-Net's ResidualEncoderUNet.
+"""Cost of every method: train-step time, peak memory, parameters, forward FLOPs and sliding-window inference time.
 
 Usage::
 
     .venv/bin/python benchmarks/train_step.py --json                 # CPU, 2D 256x256 and 3D 32x96x96, batch 2
-    .venv/bin/python benchmarks/train_step.py --json --quick         # tiny sizes, to check that it runs
+    .venv/bin/python benchmarks/train_step.py --json --quick         # small sizes, 1 timed step (minutes)
     python benchmarks/train_step.py --json --device cuda --paper-sizes   # GPU: 2D 320x320 b12, 3D 48x160x224 b2
+    .venv/bin/python benchmarks/train_step.py --json --models none --methods nnunet,xlstm_enc \
+        --plans data/nnUNet_preprocessed/Dataset911_KvasirSEG/nnUNetPlans.json --configuration 2d_sp2x2 --batch 2
 
 ``--json`` prints ONE JSON object on stdout (progress goes to stderr)::
 
-    {"device": "cpu", "amp": false, "repeats": 3,
-     "rows": [{"model": str, "dim": 2|3, "size": [..], "batch": int, "params": int, "step_s": float,
-               "peak_mb": float, "peak_rss_mb": float, "vil_stages": [int, ...]}, ...]}
+    {"device": "cpu", "amp": false, "repeats": 3, "mode": "full" | "quick" | "paper-sizes" | "plans",
+     "rows": [{"model": str, "dim": 2|3, "size": [..], "batch": int, "params": int, "flops": int, "step_s": float,
+               "peak_mb": float, "peak_rss_mb": float, "infer_s": float | null, "case_shape": [..] | null,
+               "vil_stages": [int, ...]}, ...]}
 
-- Models: ``resenc`` (dynamic-network-architectures' ResidualEncoderUNet, nnU-Net's ResEnc: residual encoder, plain
-  conv decoder) and XLSTMUNet with ``vil_placement`` = ``bot``, ``enc``, ``enc_official`` (residual encoder, residual
-  decoder as in the paper), each with the ViL defaults (on CPU: long sequences in pieces, checkpointed). All share
-  stages, strides, features and encoder blocks. Opt-in with ``--models``: ``enc_ckpt`` (enc with gradient
-  checkpointing of every ViL stage, ``nnUNetTrainerXLSTMEncCkpt``), ``resunet`` (ResidualUNet: XLSTMUNet without
-  ViL, which separates the ViL cost from the residual decoder's) and ``enc_stub`` (enc with the mLSTM kernel replaced
-  by an elementwise stand-in: a lower bound on enc's step time with any kernel). XLSTMUNet gets the patch size (as
-  nnU-Net plans give it), so deep stages whose voxel count is at most C use channel tokens.
-- Configurations (nnU-Net ResEnc block counts, decoder 1 block per stage, 1 input channel, 4 classes, deep
-  supervision on): 2D 256x256, 7 stages, features 32..512, strides 1, 2, ..., 2; 3D 32x96x96, 5 stages, features
-  32..320, strides [1,1,1], [1,2,2], [2,2,2] x 3.
+  A row that cannot run keeps its place with ``"not_run": "<reason>"`` (e.g. a method defined for 3D only) and
+  ``null`` numbers; a row that failed has ``"not_run": "failed"`` and ``"error"``.
+- Method rows (``--methods``, default ``all``): every method of the registry (:data:`xlstm_unet.nnunet.METHODS`),
+  its network built by its own nnU-Net trainer (``network_for_plans``: the MONAI and paper baselines round the
+  patch up to their divisor, U-Mamba and xLSTM-UNet take the plans' stages) from synthetic plans with the
+  configurations below (``nnUNetPlans``: PlainConvUNet stages; ``nnUNetResEncUNetMPlans``: ResEnc M) or from a
+  dataset's plans (``--plans``). ``infer_s``: nnU-Net's predictor segmenting one case (sliding window, step 0.5,
+  Gaussian, no mirroring) of twice the patch per axis (synthetic plans) or the configuration's median size.
+- Network rows (``--models``, default ``resenc,bot,enc,enc_official``): ``resenc`` (dynamic-network-architectures'
+  ResidualEncoderUNet, nnU-Net's ResEnc) and XLSTMUNet with ``vil_placement`` = ``bot``, ``enc``, ``enc_official``
+  (residual encoder, residual decoder as in the paper) on the same stages, with the ViL defaults (on CPU: long
+  sequences in pieces, checkpointed). Opt-in: ``enc_ckpt`` (enc with gradient checkpointing of every ViL stage),
+  ``resunet`` (XLSTMUNet without ViL: the residual decoder's own cost) and ``enc_stub`` (enc with the mLSTM kernel
+  replaced by an elementwise stand-in: a lower bound on enc's step time with any kernel).
+- Configurations (1 input channel, 4 classes, deep supervision where the network has it): 2D 256x256, 7 stages,
+  features 32..512; 3D 32x96x96, 5 stages, features 32..320; ``--quick`` 2D 64x64 and 3D 16x64x64 (the smallest at
+  which every method trains; SwinUNETR's 1/32 bottleneck needs an axis of 64).
 - One train step = forward, deep-supervision cross-entropy (nnU-Net's 1/2^i weights), backward, AdamW step. ``step_s``
-  is the median of ``--repeats`` steps after ``--warmup`` steps.
-- Every (model, dim) runs in its own process (:func:`xlstm_unet.benchmarking.run_in_child`); on CPU it is forked
-  from this one after it has imported torch and the model libraries (and run nothing), which saves each model the
-  ~2.5 s of imports (CUDA runs spawn a fresh interpreter instead). ``peak_rss_mb`` is that process's max
-  RSS, which includes the pages of the imported libraries that the run touches (~0.3 GB); a freshly started
-  interpreter would also count the pages touched only while importing (resenc 2D: ~170 MB more, in every row).
-  ``peak_mb`` is the peak RSS on CPU and ``torch.cuda.max_memory_allocated`` on CUDA.
+  is the median of ``--repeats`` steps after ``--warmup`` steps. ``flops``: forward FLOPs of one sample
+  (``torch.utils.flop_counter.FlopCounterMode``: matmuls and convolutions, 2 per multiply-add).
+- Every row runs in its own process (:func:`xlstm_unet.benchmarking.run_in_child`; forked on CPU after the imports,
+  spawned on CUDA). ``peak_rss_mb`` is that process's max RSS; ``peak_mb`` is the peak RSS on CPU and
+  ``torch.cuda.max_memory_allocated`` on CUDA.
 - On CUDA the step runs under bf16 autocast (nnU-Net trains with AMP; bf16 needs no grad scaler), unless ``--no-amp``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -140,9 +148,37 @@ def build_method(method: str, dim: int, config: Config, plans: dict[str, dict] |
     plans = plans or synthetic_plans(dim, config)
     if meth.plans not in plans:
         raise ValueError(f"method {method!r} needs plans {meth.plans!r}; have {sorted(plans)}")
-    net, patch = trainer_class(meth.trainer).network_for_plans(plans[meth.plans], configuration,
-                                                                config.input_channels, config.num_classes)
-    return net, patch
+    cls = trainer_class(meth.trainer)
+    net, patch = cls.network_for_plans(plans[meth.plans], configuration, config.input_channels, config.num_classes)
+    return net, patch, cls.plans_for_network(plans[meth.plans], configuration)
+
+
+def sliding_window_seconds(net, plans: dict, configuration: str, config: Config, case_shape, device) -> float:
+    """Seconds for nnU-Net's predictor to segment one case of ``case_shape`` (spatial) with ``net``: sliding window
+    at step 0.5 with Gaussian weighting, no test-time mirroring (nnU-Net's default mirrors, 4x in 2D, 8x in 3D)."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    labels = {"background": 0, **{f"class{k}": k for k in range(1, config.num_classes)}}
+    ds_json = {"labels": labels, "channel_names": {str(c): f"c{c}" for c in range(config.input_channels)}}
+    decoder = getattr(net, "decoder", None)
+    if decoder is not None and hasattr(decoder, "deep_supervision"):
+        decoder.deep_supervision = False  # as nnU-Net's predictor builds it
+    with contextlib.redirect_stdout(sys.stderr):  # nnU-Net prints notes; stdout carries the JSON
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                    perform_everything_on_device=device.type == "cuda", device=device,
+                                    verbose=False, allow_tqdm=False)
+        predictor.manual_initialization(net, pm, cm, None, ds_json, "benchmark", None)
+        image = torch.randn(config.input_channels, *([1] if len(case_shape) == 2 else []), *case_shape)
+        start = time.perf_counter()
+        with torch.no_grad():
+            predictor.predict_sliding_window_return_logits(image)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
 
 def build_model(model: str, dim: int, config: Config):
@@ -238,11 +274,13 @@ def forward_flops(net, x) -> int:
 
 
 def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool, warmup: int, repeats: int,
-               plans: dict | None = None, configuration: str = "bench") -> dict:
+               plans: dict | None = None, configuration: str = "bench", case_shape=None) -> dict:
     """Time ``warmup + repeats`` train steps of one model in this process; returns one result row.
 
     ``model`` is a network of :data:`MODELS` / :data:`EXTRA_MODELS` or a registry method (``plans``: the method's
-    nnU-Net plans by identifier; default :func:`synthetic_plans` of ``config``).
+    nnU-Net plans by identifier; default :func:`synthetic_plans` of ``config``). For a registry method with
+    ``case_shape``, the row also times nnU-Net's sliding-window prediction of one case of that shape
+    (``infer_s``, :func:`sliding_window_seconds`).
     """
     import torch
     import torch.nn.functional as F
@@ -253,8 +291,9 @@ def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
+    method_plans = None
     if model in METHODS:
-        net, size = build_method(model, dim, config, plans, configuration)
+        net, size, method_plans = build_method(model, dim, config, plans, configuration)
     else:
         net, size = build_model(model, dim, config), tuple(config.size)
     net = net.to(device)
@@ -295,6 +334,9 @@ def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool
             torch.cuda.reset_peak_memory_stats(device)
         times = [step() for _ in range(repeats)]
     peak_rss, peak_mb = peak_rss_mb(), peak_memory_mb(device)
+    infer_s = None
+    if method_plans is not None and case_shape is not None:
+        infer_s = sliding_window_seconds(net, method_plans, configuration, config, case_shape, device)
     return {
         "model": model,
         "dim": dim,
@@ -305,6 +347,8 @@ def run_worker(model: str, dim: int, config: Config, device_name: str, amp: bool
         "step_s": statistics.median(times),
         "peak_mb": peak_mb,
         "peak_rss_mb": peak_rss,
+        "infer_s": infer_s,
+        "case_shape": list(case_shape) if infer_s is not None else None,
         "vil_stages": list(getattr(net, "vil_stages", [])),
     }
 
@@ -335,6 +379,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps, median reported (default 3; 1 quick)")
     parser.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    parser.add_argument("--no-inference", dest="inference", action="store_false",
+                        help="skip the sliding-window inference time of the method rows")
     args = parser.parse_args(argv)
     if args.quick and args.paper_sizes:
         parser.error("--quick and --paper-sizes exclude each other")
@@ -386,6 +432,14 @@ def load_plans(plans_file: str | Path, configuration: str, batch: int | None) ->
     return len(cm.patch_size), config, plans
 
 
+def median_case(plans_file: str | Path, configuration: str) -> list[int]:
+    """The configuration's median case size (voxels, after resampling): the case whose prediction is timed."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    cm = PlansManager(json.loads(Path(plans_file).read_text())).get_configuration(configuration)
+    return [int(round(s)) for s in cm.median_image_size_in_voxels][-len(cm.patch_size):]
+
+
 def _not_run(model: str, dim: int, config: Config, reason: str) -> dict:
     return {"model": model, "dim": dim, "size": list(config.size), "batch": config.batch, "params": None,
             "flops": None, "step_s": None, "peak_mb": None, "not_run": reason}
@@ -398,16 +452,18 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(name)
     from xlstm_unet.nnunet.methods import get_method
 
-    jobs = []  # (model, dim, config, plans, configuration)
+    jobs = []  # (model, dim, config, plans, configuration, case shape for the inference time)
     if args.plans:
         dim, config, plans = load_plans(args.plans, args.configuration, args.batch)
-        jobs += [(m, dim, config, plans, args.configuration) for m in args.methods]
+        case = median_case(args.plans, args.configuration) if args.inference else None
+        jobs += [(m, dim, config, plans, args.configuration, case) for m in args.methods]
     else:
         for dim in args.dims:
             config = get_config(dim, quick=args.quick, paper_sizes=args.paper_sizes)
-            jobs += [(m, dim, config, None, "bench") for m in [*args.models, *args.methods]]
+            case = [2 * s for s in config.size] if args.inference else None
+            jobs += [(m, dim, config, None, "bench", case) for m in [*args.models, *args.methods]]
     rows, failed = [], False
-    for model, dim, config, plans, configuration in jobs:
+    for model, dim, config, plans, configuration, case in jobs:
         if model not in MODELS + EXTRA_MODELS and dim not in get_method(model).dims:
             reason = f"{model} is defined for {'/'.join(f'{d}D' for d in get_method(model).dims)} only"
             logger.info("%s %dD: not run (%s)", model, dim, reason)
@@ -416,14 +472,16 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s %dD ...", model, dim)
         try:
             row = run_in_child(run_worker, model, dim, config, args.device, args.amp, args.warmup, args.repeats,
-                               plans, configuration, device=args.device)
+                               plans, configuration, case if model not in MODELS + EXTRA_MODELS else None,
+                               device=args.device)
         except ChildFailed as error:
             failed = True
             logger.error("%s %dD failed: %s", model, dim, str(error)[-4000:])
             rows.append({**_not_run(model, dim, config, "failed"), "error": str(error).strip().splitlines()[-1]})
             continue
-        logger.info("  step %.3f s, peak %.0f MB, %d params, %.3g GFLOP", row["step_s"], row["peak_mb"],
-                    row["params"], row["flops"] / 1e9)
+        logger.info("  step %.3f s, peak %.0f MB, %d params, %.3g GFLOP%s", row["step_s"], row["peak_mb"],
+                    row["params"], row["flops"] / 1e9,
+                    f", one case {row['infer_s']:.2f} s" if row.get("infer_s") is not None else "")
         rows.append(row)
     result = {"device": args.device, "amp": args.amp, "repeats": args.repeats, "mode": args.mode, "rows": rows}
     if args.plans:

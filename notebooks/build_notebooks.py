@@ -14,6 +14,10 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
 
+#: Tables 2 and 3: every row of the paper (SegMamba is Table 2's row printed "SegFormer") and our other 3D methods.
+METHODS_3D = ["nnunet", "segresnet", "uxnet", "mednext", "unetr", "swinunetr", "swinunetr_v2", "segmamba",
+              "segformer3d", "umamba_bot", "xlstm_bot", "xlstm_enc"]
+
 # name, dataset, configuration, title, description, default data_dir, methods, epochs, iterations, convert options
 EXPERIMENTS = [
     ("10_kvasir_seg", "kvasir_seg", "2d", "Kvasir-SEG polyps (real, 2D RGB)",
@@ -26,8 +30,9 @@ EXPERIMENTS = [
     ("12_pgbm_brain_mri", "pgbm_brain_mri", "3d_fullres", "PGBM brain-tumour MRI (real, 3D, four modalities)",
      "5 real studies (3 patients) from `$XLSTM_UNET_SHARED_DATA/pgbm_brain_mri`; train/test split by patient.", "",
      ["nnunet", "xlstm_bot", "xlstm_enc"], 10, 25, {}),
-    ("20_abdomen_mri_2d", "amos_mri", "2d", "Abdomen MRI, 2D (paper Table 1)",
-     "AMOS 2022 MRI, 13 organs, U-Mamba's 60/50 split; DSC and NSD with the organ tolerance table.",
+    ("20_abdomen_mri_2d", "amos_mri", "2d_p320x320", "Abdomen MRI, 2D (paper Table 1)",
+     "AMOS 2022 MRI, 13 organs, U-Mamba's 60/50 split, the paper's 320 x 320 patches; DSC and NSD with the organ "
+     "tolerance table.",
      "data/raw/amos22", ["nnunet", "resenc_m", "segresnet", "unetr", "swinunetr", "umamba_bot", "umamba_enc",
                          "xlstm_bot", "xlstm_enc"], 1000, 250, {}),
     ("21_endoscopy", "endovis17", "2d", "Endoscopy instruments, 2D (paper Table 1)",
@@ -40,23 +45,21 @@ EXPERIMENTS = [
                                 "umamba_enc", "xlstm_bot", "xlstm_enc"], 1000, 250, {}),
     ("23_brats_3d", "brats23", "3d_fullres", "BraTS 2023, 3D (paper Table 2)",
      "BraTS 2023 glioma, four modalities, region-based training (WT/TC/ET), Dice and HD95 (SegMamba protocol).",
-     "data/raw/brats23", ["segresnet", "unetr", "swinunetr", "swinunetr_v2", "mednext", "umamba_bot",
-                          "xlstm_bot", "xlstm_enc"], 1000, 250, {}),
-    ("24_abdomen_mri_3d", "amos_mri", "3d_fullres", "Abdomen MRI, 3D (paper Table 3)",
-     "AMOS 2022 MRI, 13 organs, 3D configuration; DSC and NSD.",
-     "data/raw/amos22", ["segresnet", "unetr", "swinunetr", "swinunetr_v2", "mednext", "umamba_bot",
-                         "xlstm_bot", "xlstm_enc"], 1000, 250, {}),
+     "data/raw/brats23", METHODS_3D, 1000, 250, {}),
+    ("24_abdomen_mri_3d", "amos_mri", "3d_fullres_p48x160x224", "Abdomen MRI, 3D (paper Table 3)",
+     "AMOS 2022 MRI, 13 organs, 3D, the paper's 48 x 160 x 224 patches; DSC and NSD.",
+     "data/raw/amos22", METHODS_3D, 1000, 250, {}),
 ]
 
 
 def _params(dataset, configuration, data_dir, methods, epochs, iterations, convert_options, output_dir,
-            figure_dir, extra=""):
+            figure_dir, extra="", fold="0"):
     return (
         f'dataset: str = "{dataset}"  # converter name (xlstm-unet convert --help)\n'
         f'data_dir: str = "{data_dir}"  # raw data folder (empty: the converter default)\n'
         f"methods: list = {methods!r}  # method names (xlstm_unet.nnunet.METHODS)\n"
         f'configuration: str = "{configuration}"  # nnU-Net configuration\n'
-        "fold: int = 0  # nnU-Net fold: 0-4, or all (every training case; needed below 5 training cases)\n"
+        f"fold: str = \"{fold}\"  # nnU-Net fold: 0-4, or all (every training case, as the paper's tables)\n"
         "folds: list = []  # several folds, each trained and scored on the test split (empty: fold); folds.csv\n"
         f"epochs: int = {epochs}  # epochs per method (nnU-Net's full budget: 1000)\n"
         f"iterations_per_epoch: int = {iterations}  # iterations per epoch (nnU-Net's full budget: 250)\n"
@@ -100,10 +103,11 @@ CURVES = (
     'plot_training_curves(res.results_dir, methods, fig_dir / "training_curves")')
 
 TABLE = (
-    "from xlstm_unet.figures import results_table, save_table\n\n"
+    "from xlstm_unet.figures import results_table, save_table\n"
+    "from xlstm_unet.paper_results import match_dataset\n\n"
     'reference = "xlstm_enc" if "xlstm_enc" in methods else None\n'
-    "table = results_table(res.results_dir.parent, [res.dataset], methods, res.table_metrics(), paper={paper},\n"
-    "                      reference=reference)\n"
+    "table = results_table(res.results_dir.parent, {res.dataset: match_dataset(res.dataset, configuration)}, methods,\n"
+    "                      res.table_metrics(), paper={paper}, reference=reference)\n"
     'save_table(table, fig_dir / "results")\n'
     "table")
 
@@ -223,7 +227,8 @@ def main() -> None:
     for name, dataset, conf, title, desc, data_dir, methods, epochs, its, opts in EXPERIMENTS:
         nbs[name] = experiment_notebook(
             title, desc, _params(dataset, conf, data_dir, methods, epochs, its, opts, f"results/{name[3:]}",
-                                 f"figures/{name[3:]}"), paper=name.startswith("2"))
+                                 f"figures/{name[3:]}", fold="all" if name.startswith("2") else "0"),
+            paper=name.startswith("2"))
     nbs["30_results_tables"] = results_tables_notebook()
     nbs["31_efficiency_report"] = efficiency_notebook()
     for name, nb in nbs.items():

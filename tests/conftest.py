@@ -118,3 +118,28 @@ def phantom3d_prepared(nnunet_root: Path) -> str:
     prepare(PHANTOM3D_ID, configurations=("3d_fullres",), num_processes=1)
     return raw.name
 
+
+@pytest.fixture(scope="session")
+def phantom2d_model(phantom2d_prepared: str) -> Path:
+    """An xLSTM-UNet Enc trained on the 2D phantom for 1 epoch of 1 iteration, with nnU-Net's final validation
+    (which export needs); returns its ``fold_0`` folder."""
+    from xlstm_unet.nnunet import train
+
+    return train(phantom2d_prepared, "xlstm_enc", epochs=1, iterations=1, device="cpu", validate=True)
+
+
+KVASIR_ID = 911
+
+
+@pytest.fixture(scope="session")
+def kvasir_prepared(kvasir_dir: Path, nnunet_root: Path) -> str:
+    """The first 10 real Kvasir-SEG cases (RGB, 256 x 256), converted (test_fraction 0.25), planned and
+    preprocessed; returns the dataset name. (nnU-Net's integrity check of this conversion is in
+    test_datasets_real.py; skipping it here saves a pool of spawned workers.)"""
+    from xlstm_unet.datasets import convert
+    from xlstm_unet.nnunet import prepare
+
+    raw = convert("kvasir_seg", source=kvasir_dir, out_root=nnunet_root / "nnUNet_raw", dataset_id=KVASIR_ID,
+                  max_cases=10, test_fraction=0.25, progress=False)
+    prepare(KVASIR_ID, num_processes=1, verify=False)
+    return raw.name

@@ -129,3 +129,30 @@ def test_pgbm_brain_mri_real(pgbm_dir, tmp_path, monkeypatch):
     assert img.GetSpacing()[2] == pytest.approx(6.5, abs=1e-3)  # slice step from the data README
     verify_nnunet(folder, monkeypatch)
     assert snapshot_mtimes(pgbm_dir) == before
+
+
+def test_pgbm_one_new_patient_converts_all_test_or_all_train(pgbm_dir, tmp_path):
+    """A single patient (two studies), as for predicting a new patient: all test by default, all train with
+    n_test_patients=0; other counts fail with an error that says what to pass."""
+    src = tmp_path / "one patient"
+    for study in sorted(pgbm_dir.glob("PGBM-001_*")):
+        (src / study.name).mkdir(parents=True)
+        for f in study.glob("*.nii.gz"):
+            (src / study.name / f.name).symlink_to(f)
+    studies = ["PGBM-001_1991-11-19", "PGBM-001_1992-04-02"]
+    with pytest.warns(UserWarning, match="no training cases"):
+        folder = convert("pgbm_brain_mri", source=src, out_root=tmp_path / "test", progress=False)
+    split = json.loads((folder / "split.json").read_text())
+    assert split["train"] == [] and split["test"] == studies
+    assert sorted(p.name for p in (folder / "imagesTs").iterdir()) == [f"{s}_{c:04d}.nii.gz" for s in studies
+                                                                       for c in range(4)]
+    assert (folder / "imagesTs" / f"{studies[1]}_0003.nii.gz").read_bytes() == \
+        (pgbm_dir / studies[1] / "flair.nii.gz").read_bytes()
+    folder = convert("pgbm_brain_mri", source=src, out_root=tmp_path / "train", n_test_patients=0, progress=False)
+    split = json.loads((folder / "split.json").read_text())
+    assert split["train"] == studies and split["test"] == []
+    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
+    with pytest.raises(ValueError, match=r"n_test_patients must be in \[0, 1\] for 1 groups, got 2: use 0 \(all "
+                                         r"train\), 1 \(all test\)"):
+        convert("pgbm_brain_mri", source=src, out_root=tmp_path / "bad", n_test_patients=2, progress=False)
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())

@@ -173,3 +173,53 @@ def test_failure_while_writing_keeps_existing_output(brats, tmp_path):
         convert("brats23", source=brats, out_root=out, overwrite=True, progress=False)
     assert snapshot_mtimes(folder) == before
     assert [p.name for p in out.iterdir()] == [folder.name]
+
+
+# --- splits: all-train and all-test conversions, and errors that say what to do ------------------------------------
+
+def test_splits_allow_all_train_and_all_test():
+    from xlstm_unet.datasets._common import seeded_group_split, seeded_split
+    from xlstm_unet.datasets.brats23 import brats_split
+
+    ids = ["c", "a", "b"]
+    assert seeded_split(ids, 0, seed=1) == (["a", "b", "c"], [])
+    assert seeded_split(["a"], 1.0, seed=1) == ([], ["a"])
+    train, test = seeded_split(ids, 0.5, seed=1)
+    assert len(test) == 2 and sorted(train + test) == ["a", "b", "c"]
+    groups = {"P1": ["P1_s2", "P1_s1"], "P2": ["P2_s1"]}
+    assert seeded_group_split(groups, 0, seed=0) == (["P1_s1", "P1_s2", "P2_s1"], [])
+    assert seeded_group_split(groups, 2, seed=0) == ([], ["P1_s1", "P1_s2", "P2_s1"])
+    assert seeded_group_split({"P1": ["a", "b"]}, 1, seed=0) == ([], ["a", "b"])  # one new patient
+    tr, te = seeded_group_split(groups, 1, seed=0)
+    assert {c.split("_")[0] for c in tr}.isdisjoint({c.split("_")[0] for c in te}) and len(tr + te) == 3
+    assert brats_split(["x"], seed=0, fractions=(1, 0, 0)) == (["x"], [], [])
+    assert brats_split(["x", "y"], seed=0, fractions=(0, 0, 1)) == ([], [], ["x", "y"])
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s: s.seeded_split(["a"], 0.2, 0), r"got 1: add cases, or pass test_fraction=0 \(all train\) or "
+                                              r"test_fraction=1 \(all test"),
+    (lambda s: s.seeded_split(["a", "b"], 1.5, 0), r"use a fraction such as 0\.2, 0 \(all cases train\) or 1"),
+    (lambda s: s.seeded_group_split({"P1": ["a"]}, 2, 0, option="n_test_patients"),
+     r"n_test_patients must be in \[0, 1\] for 1 groups, got 2: use 0 \(all train\), 1 \(all test\)"),
+    (lambda s: s.limit_cases(["a"], 0), r"max_cases must be >= 1, got 0: pass a positive number, or None"),
+])
+def test_split_errors_say_what_to_do(call, match):
+    from xlstm_unet.datasets import _common
+
+    with pytest.raises(ValueError, match=match):
+        call(_common)
+
+
+def test_converters_split_errors_and_all_test_conversion(kvasir, tmp_path):
+    from xlstm_unet.datasets.brats23 import brats_split
+
+    with pytest.raises(ValueError, match=r"fractions=\(1, 0, 0\) \(all train\) or fractions=\(0, 0, 1\)"):
+        brats_split(["x"], seed=0)
+    with pytest.raises(ValueError, match=r"n_train=0: all test"):
+        convert("phantom2d", out_root=tmp_path / "p", n_train=0, n_test=0, progress=False)
+    with pytest.warns(UserWarning, match="no training cases; its images can be predicted"):
+        folder = convert("kvasir_seg", source=kvasir, out_root=tmp_path / "out", test_fraction=1, progress=False)
+    assert len(list((folder / "imagesTs").iterdir())) == 4 and not list((folder / "imagesTr").iterdir())
+    with pytest.raises(ValueError, match=r"test_fraction=0 \(all train\)"):
+        convert("kvasir_seg", source=kvasir, out_root=tmp_path / "one", max_cases=1, progress=False)

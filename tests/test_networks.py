@@ -517,7 +517,7 @@ def test_train_step_benchmark_quick_json_schema():
     # the script end to end, for one model (each model adds a forked process and its train steps)
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "train_step.py"), "--json", "--quick", "--models", "bot",
-         "--dims", "2", "--warmup", "0"],
+         "--methods", "nnunet,mednext", "--dims", "2", "--warmup", "0"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -526,7 +526,12 @@ def test_train_step_benchmark_quick_json_schema():
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert set(result) >= {"device", "rows"}
-    assert result["device"] == "cpu"
-    assert len(result["rows"]) == 1
-    check_row(result["rows"][0], "bot", 2)
-    assert result["rows"][0]["vil_stages"] == [3]
+    assert result["device"] == "cpu" and result["mode"] == "quick"
+    bot, nnunet, mednext = result["rows"]
+    check_row(bot, "bot", 2)
+    assert bot["vil_stages"] == [3] and bot["flops"] > 0 and bot["infer_s"] is None
+    # a registry method, built by its nnU-Net trainer, with nnU-Net's sliding-window prediction of one case
+    check_row(nnunet, "nnunet", 2)
+    assert nnunet["flops"] > 0 and nnunet["infer_s"] > 0 and nnunet["case_shape"] == [128, 128]
+    # a method that is not defined in 2D keeps its row, saying why
+    assert mednext["model"] == "mednext" and mednext["step_s"] is None and "3D only" in mednext["not_run"]

@@ -237,13 +237,8 @@ def _cli_env(nnunet_root: Path) -> dict:
     return env
 
 
-def test_nnunet_cli_train_and_predict_on_real_kvasir(kvasir_dir, nnunet_root, tmp_path):
-    from xlstm_unet.datasets import convert
-    from xlstm_unet.nnunet import prepare
-
-    raw = convert("kvasir_seg", source=kvasir_dir, out_root=nnunet_root / "nnUNet_raw", dataset_id=911,
-                  max_cases=10, test_fraction=0.25)
-    prepare(911, num_processes=1)
+def test_nnunet_cli_train_and_predict_on_real_kvasir(kvasir_prepared, nnunet_root, tmp_path):
+    raw = nnunet_root / "nnUNet_raw" / kvasir_prepared
     env = _cli_env(nnunet_root)
     tr = "nnUNetTrainerXLSTMBot_1ep_2it"
     _cli([str(BIN / "nnUNetv2_train"), "911", "2d", "0", "-tr", tr, "-device", "cpu"], env)

@@ -64,3 +64,48 @@ def test_notebook_committed_clean(path: Path):
 
 def test_there_are_notebooks():
     assert any(p.name == "00_quickstart.ipynb" for p in NOTEBOOKS)
+
+
+# ----------------------------------------------------------------------------------------------- docs say what is
+
+_SHA = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b")
+_TEST_COUNT = re.compile(r"\b\d+\s+(?:passed|failed|skipped|deselected|tests)\b", re.IGNORECASE)
+
+
+def _prose_files() -> list[Path]:
+    return [REPO_ROOT / "README.md", REPO_ROOT / "benchmarks" / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+
+
+def _code_comments() -> list[tuple[Path, str]]:
+    """Comments and docstrings of the package and the benchmark scripts."""
+    import ast
+    import io
+    import tokenize
+
+    out = []
+    for path in sorted([*(REPO_ROOT / "xlstm_unet").rglob("*.py"), *(REPO_ROOT / "benchmarks").glob("*.py")]):
+        src = path.read_text()
+        out += [(path, t.string) for t in tokenize.generate_tokens(io.StringIO(src).readline)
+                if t.type == tokenize.COMMENT]
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    out.append((path, doc))
+    return out
+
+
+def test_readme_is_a_front_page():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 10 * 1024
+    for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):  # every relative link resolves
+        if not link.startswith("http"):
+            assert (REPO_ROOT / link).exists(), link
+
+
+def test_no_commit_hashes_or_test_counts_in_docs_and_comments():
+    texts = [(p, p.read_text()) for p in _prose_files()] + _code_comments()
+    for path, text in texts:
+        assert not _SHA.search(text), f"{path}: commit hash {_SHA.search(text).group()!r}"
+        assert not _TEST_COUNT.search(text), f"{path}: test count {_TEST_COUNT.search(text).group()!r}"
+    assert _SHA.search("landed at 8bc9857 today") and _TEST_COUNT.search("332 passed")  # the patterns work

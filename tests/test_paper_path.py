@@ -90,6 +90,16 @@ def test_converter_split_is_nnunets_fold_0(split_dataset, nnunet_root):
     assert json.loads(out.read_text())[0]["val"] == split["val"]
 
 
+def test_prepare_command_writes_the_split_too(split_dataset, nnunet_root, capsys):
+    from xlstm_unet.cli import main
+
+    splits = nnunet_root / "nnUNet_preprocessed" / split_dataset / "splits_final.json"
+    splits.unlink()
+    assert main(["prepare", str(SPLIT_ID), "-c", "2d", "-np", "1"]) == 0
+    assert json.loads(splits.read_text())[0]["val"] == ["phantom2d_005", "phantom2d_006"]
+    assert capsys.readouterr().out.strip().endswith(split_dataset)
+
+
 def test_no_validation_part_leaves_nnunets_split(phantom2d_prepared):
     assert write_splits(phantom2d_prepared) is None
 
@@ -201,3 +211,70 @@ def test_training_curve_matches_nnunets_log(phantom2d_prepared):
     np.testing.assert_allclose(curve["epoch_s"], np.subtract(log["epoch_end_timestamps"],
                                                              log["epoch_start_timestamps"]), rtol=1e-4)
     assert (curve["epoch_cpu_s"] > 0).all()
+
+
+# ----------------------------------------------------------------------------------------------- 5. paper tables
+
+def test_every_converters_folder_name_finds_its_paper_dataset():
+    from xlstm_unet.datasets import DATASETS
+    from xlstm_unet.paper_results import match_dataset
+
+    expected = {"amos_mri": ("abdomen_mri_2d", "abdomen_mri_3d"), "endovis17": ("endoscopy", "endoscopy"),
+                "neurips_cells": ("microscopy_cells", "microscopy_cells"), "brats23": ("brats2023", "brats2023")}
+    for name, info in DATASETS.items():
+        folder = f"Dataset{info.default_id:03d}_{info.folder_name}"  # what the converter writes
+        got = (match_dataset(folder, "2d"), match_dataset(folder, "3d_fullres_p48x160x224"))
+        assert got == expected.get(name, (None, None)), f"{name} ({folder}): {got}"
+    assert match_dataset("Dataset701_AMOSMRI") is None  # 2D or 3D: the configuration decides
+
+
+def test_paper_tables_show_every_paper_row_with_footnotes(tmp_path):
+    from xlstm_unet import paper_results
+    from xlstm_unet.figures import PAPER_TABLES, paper_table, table_to_markdown
+
+    for key, table_id in (("abdomen_mri_2d", "1"), ("endoscopy", "1"), ("microscopy_cells", "1"),
+                          ("brats2023", "2"), ("abdomen_mri_3d", "3")):
+        paper_rows = {v.method for v in paper_results.PAPER_VALUES if v.dataset == key} - {"xlstm"}
+        assert paper_rows <= set(PAPER_TABLES[table_id]["methods"]), (table_id, paper_rows)
+    t2 = paper_table("2", tmp_path)
+    assert t2.loc["segmamba", ("brats_3d", "dice_wt", "paper")] in ("0.9361*", "0.9361**")
+    assert t2.loc["segmamba", ("brats_3d", "dice_wt", "measured")] == "not run"
+    assert t2.loc["uxnet", ("brats_3d", "dice_wt", "paper")] == "0.9313"
+    md = table_to_markdown(t2)
+    assert "SegMamba's own published BraTS 2023 results" in md and "Ours" in md
+    t3 = paper_table("3", tmp_path)
+    assert t3.loc["nnunet", ("abdomen_mri_3d", "dice_mean", "paper")] == "0.8309 ± 0.0769"
+
+
+def test_gpu_paper_config_pins_the_papers_setting():
+    from xlstm_unet.batch import load_config
+    from xlstm_unet.paths import REPO_ROOT
+
+    cfg = {e.name: e.parameters for e in load_config(REPO_ROOT / "experiments" / "gpu_paper.yaml").experiments}
+    assert all(p["fold"] == "all" and p["epochs"] == 1000 and p["iterations_per_epoch"] == 250 for p in cfg.values())
+    assert cfg["abdomen_mri_2d"]["configuration"] == "2d_p320x320"
+    assert cfg["abdomen_mri_3d"]["configuration"] == "3d_fullres_p48x160x224"
+    for name in ("brats_3d", "abdomen_mri_3d"):
+        assert {"nnunet", "uxnet", "segmamba", "segformer3d"} <= set(cfg[name]["methods"])
+
+
+# ----------------------------------------------------------------------------------------------- 6. the GPU check
+
+@pytest.mark.slow
+def test_paper_path_check_runs_a_method_through_nnunets_cli(tmp_path):
+    import subprocess
+    import sys
+
+    from xlstm_unet.paths import REPO_ROOT
+
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "paper_path.py"), "--json", "--device",
+                          "cpu", "--methods", "nnunet", "--dims", "2", "--configuration-2d", "2d", "--epochs", "1",
+                          "--iterations", "1", "--workers", "1", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    (row,) = result["rows"]
+    assert (row["method"], row["configuration"], row["status"]) == ("nnunet", "2d", "ok")
+    assert row["trainer"] == "nnUNetTrainerRecipe_1ep_1it"
+    assert row["step_s"] > 0 and row["peak_mem_mb"] > 0 and 0 <= row["dice_mean"] <= 1
+    assert "nnUNetv2_train 941 2d all" in (tmp_path / "paper_path.log").read_text()

@@ -18,15 +18,20 @@ __all__ = ["main", "build_parser", "SUBCOMMAND_MODULES"]
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "xlstm_unet.nnunet.env",      # env
     "xlstm_unet.datasets.cli",    # convert
+    "xlstm_unet.nnunet.plans",    # prepare
     "xlstm_unet.evaluation",      # evaluate
     "xlstm_unet.batch",           # run-all
+    "xlstm_unet.study",           # tables
+    "xlstm_unet.inference",       # predict
+    "xlstm_unet.nnunet.share",    # export, import
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xlstm-unet",
-        description="xLSTM-UNet on nnU-Net v2: datasets, trainers, evaluation and batch experiments.",
+        description="xLSTM-UNet on nnU-Net v2: datasets, trainers, evaluation, batch experiments, "
+                    "prediction and model sharing.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_name in SUBCOMMAND_MODULES:

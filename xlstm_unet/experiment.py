@@ -278,6 +278,7 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
         ExperimentPaused: a training paused; its checkpoint is kept and a new call resumes it.
     """
     validate_experiment_args(dataset, methods, source=source, device=device, configuration=configuration)
+    fold = "all" if str(fold) == "all" else int(fold)  # notebooks pass it as text
     from xlstm_unet.datasets import DATASETS, convert
     from xlstm_unet.nnunet import prepare
     from xlstm_unet.nnunet.env import apply_env
@@ -310,14 +311,18 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
                            variant=dict(epochs=epochs, iterations=iterations, recipe=recipe, lr=lr,
                                         batch_size=batch_size, amp=amp))
         res = ExperimentResult(dataset=raw.name, raw_dir=raw, results_dir=results, methods=list(methods))
-        folds = list(folds) if folds else None
-        for m in methods:
-            method_seeds = list((seeds_by_method or {}).get(m) or seeds or [seed])
-            for f in folds or [fold]:
-                for s in method_seeds:
-                    _run_seed(replace(setting, fold=f), m, s, results / m / run_dir_name(s, f if folds else None))
-            res.summaries[m] = aggregate_seeds(results / m, method_seeds, folds)
-        if folds:
+        method_seeds = {m: list((seeds_by_method or {}).get(m) or seeds or [seed]) for m in methods}
+        fold_list = [f if str(f) == "all" else int(f) for f in folds] if folds else None
+        # seed-major: every method's first seed before any second one, so that a long study has a complete table early
+        for k in range(max(len(v) for v in method_seeds.values())):
+            for m in methods:
+                if k < len(method_seeds[m]):
+                    s = method_seeds[m][k]
+                    for f in fold_list or [fold]:
+                        _run_seed(replace(setting, fold=f), m, s,
+                                  results / m / run_dir_name(s, f if fold_list else None))
+                    res.summaries[m] = aggregate_seeds(results / m, method_seeds[m][:k + 1], fold_list)
+        if fold_list:
             table = fold_table(results, methods)
             fd, tmp = temp_file_beside(results / "folds.csv")
             with os.fdopen(fd, "w") as fh:

@@ -351,6 +351,7 @@ def results_table(
     paper: bool = True,
     reference: str | None = "xlstm_enc",
     digits: int = 4,
+    notes: dict[str, int] | None = None,
 ) -> pd.DataFrame:
     """A results table in the paper's format: rows = methods, columns = (dataset, metric, what).
 
@@ -360,13 +361,18 @@ def results_table(
     Wilcoxon p-value from :func:`xlstm_unet.metrics.paired_comparison`; ``ref`` in the reference row). A method
     without results shows ``not run`` in every cell, never a number.
 
-    Args: see :func:`results_numbers`; ``digits`` is the number of decimals.
+    The paper's notes on a cell (e.g. which variant "Ours" is, whose numbers a row holds) mark it with ``*``,
+    ``**``, ...; ``table.attrs["footnotes"]`` lists them (:func:`table_to_markdown` prints them below the table).
+
+    Args: see :func:`results_numbers`; ``digits`` is the number of decimals; ``notes`` (note -> number of stars)
+    is shared by tables that are joined side by side, so that their marks agree.
     Returns:
         DataFrame of strings with a 3-level column MultiIndex (dataset, metric, what) and the methods as index.
         Export with :func:`table_to_markdown` or :func:`save_table`.
     """
     nums = results_numbers(source, datasets, methods, metrics, paper=paper, reference=reference)
     p_col = f"p vs {reference}" if reference is not None else None
+    notes = {} if notes is None else notes  # the paper's notes, in order of first use; marked *, **, ...
     cols: list[tuple[str, str, str]] = []
     data: dict[tuple[str, str, str], list[str]] = {}
     for ds in (datasets.keys() if isinstance(datasets, Mapping) else datasets):
@@ -380,10 +386,14 @@ def results_table(
                 for method in methods:
                     r = sub.loc[method]
                     if what == "paper":
-                        cells.append(
-                            NOT_IN_PAPER if math.isnan(r["paper_mean"])
-                            else _fmt_ms(r["paper_mean"], r["paper_std"], digits) + ("*" if r["paper_note"] else "")
-                        )
+                        if math.isnan(r["paper_mean"]):
+                            cells.append(NOT_IN_PAPER)
+                            continue
+                        mark = ""
+                        if r["paper_note"]:
+                            notes.setdefault(r["paper_note"], len(notes) + 1)
+                            mark = "*" * notes[r["paper_note"]]
+                        cells.append(_fmt_ms(r["paper_mean"], r["paper_std"], digits) + mark)
                     elif not r["run"]:
                         cells.append(NOT_RUN)
                     elif what == "measured":
@@ -394,6 +404,7 @@ def results_table(
                         cells.append(_fmt_p(r["p_value"]))
                 data[key] = cells
     table = pd.DataFrame(data, index=pd.Index(list(methods), name="method"), columns=pd.MultiIndex.from_tuples(cols))
+    table.attrs["footnotes"] = [f"{'*' * k} {note}" for note, k in notes.items()]
     return table
 
 
@@ -413,6 +424,9 @@ def table_to_markdown(table: pd.DataFrame) -> str:
     ]
     for idx, row in table.iterrows():
         lines.append("| " + " | ".join([cell(idx)] + [cell(v) for v in row.tolist()]) + " |")
+    footnotes = table.attrs.get("footnotes") or []
+    if footnotes:
+        lines += [""] + [f"{cell(f)}  " for f in footnotes]
     return "\n".join(lines) + "\n"
 
 
@@ -430,7 +444,9 @@ def save_table(table: pd.DataFrame, path_stem: str | os.PathLike) -> dict[str, P
 
 _METHODS_2D = ("nnunet", "resenc_m", "segresnet", "unetr", "swinunetr", "umamba_bot", "umamba_enc", "xlstm_bot",
                "xlstm_enc")
-_METHODS_3D = ("segresnet", "unetr", "swinunetr", "swinunetr_v2", "mednext", "umamba_bot", "xlstm_bot", "xlstm_enc")
+# Table 2 (BraTS) and Table 3 (abdomen 3D): every row of the paper's two tables, and the other 3D methods we have
+_METHODS_3D = ("nnunet", "segresnet", "uxnet", "mednext", "unetr", "swinunetr", "swinunetr_v2", "segmamba",
+               "segformer3d", "umamba_bot", "xlstm_bot", "xlstm_enc")
 _BRATS_METRICS = ("dice_wt", "hd95_wt", "dice_tc", "hd95_tc", "dice_et", "hd95_et", "dice_mean", "hd95_mean")
 
 #: The paper's tables (and ours on the real sample sets): per block, the results sub-folder that the experiment
@@ -446,7 +462,7 @@ PAPER_TABLES: dict[str, dict[str, Any]] = {
     "3": {"title": "Table 3: Abdomen MRI (3D)", "methods": _METHODS_3D, "blocks": (
         ("abdomen_mri_3d", "abdomen_mri_3d", ("dice_mean", "nsd_mean")),)},
     "real": {"title": "The real sample sets (not in the paper)",
-             "methods": ("nnunet", "resenc_m", "xlstm_bot", "xlstm_enc"), "blocks": (
+             "methods": _METHODS_2D, "blocks": (
         ("kvasir_seg", None, ("dice_mean", "nsd_mean")),
         ("ctc_nuclei", None, ("f1",)),
         ("pgbm_brain_mri", None, ("dice_mean", "nsd_mean")))},
@@ -465,6 +481,7 @@ def paper_table(table: str, results_root: str | os.PathLike = "results", methods
     spec = PAPER_TABLES[table]
     methods = list(methods) if methods is not None else list(spec["methods"])
     parts = []
+    notes: dict[str, int] = {}
     for sub, paper_key, metrics in spec["blocks"]:
         root = Path(results_root) / sub
         found = sorted(p.name for p in root.glob("Dataset*") if p.is_dir()) if root.is_dir() else []
@@ -473,9 +490,11 @@ def paper_table(table: str, results_root: str | os.PathLike = "results", methods
         part = results_table(root if found else pd.DataFrame(columns=["dataset", "method", "case", "metric",
                                                                       "value"]),
                              {found[0] if found else sub: paper_key}, methods, metrics,
-                             paper=paper_key is not None, reference=reference, digits=digits)
+                             paper=paper_key is not None, reference=reference, digits=digits, notes=notes)
         parts.append(part)
-    return pd.concat(parts, axis=1)
+    table = pd.concat(parts, axis=1)
+    table.attrs["footnotes"] = [f"{'*' * k} {note}" for note, k in notes.items()]
+    return table
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,23 +1,178 @@
-"""Reports of a results folder: training curves now; the study tables of ``xlstm-unet tables`` build on it.
+"""Reports of a multi-seed study from its committed results: ``xlstm-unet tables RESULTS_ROOT``.
 
-Reads the layout written by :func:`xlstm_unet.experiment.run_experiment`::
+Reads the layout written by :func:`xlstm_unet.experiment.run_experiment`, one sub-folder per experiment::
 
-    <results_dir>/<method>/seed<k>/training_curve.csv    epoch, train_loss, val_loss, pseudo_dice, ..., epoch_s
+    <root>/<experiment>/<DatasetXXX_Name>/<method>/seed<k>/per_case.csv        per-case scores of one training run
+                                                    /seed<k>/run.json           parameters, budget, timing, commit
+                                                    /seed<k>/training_curve.csv per epoch
+                                                    /seed<k>/predictions/       masks of the test split
+
+A (method, seed) counts once its ``run.json`` exists (it is written last). Methods are compared on their per-case
+scores averaged over seeds (one number per case), with the spread between seeds (std of the per-seed means) beside
+each mean, the paired Wilcoxon test against the reference with Holm's correction over the other methods, and a
+bootstrap 95% CI of the mean difference (:func:`xlstm_unet.metrics.compare_methods`).
+
+``write_report`` writes, per experiment, ``table.md`` / ``table.csv`` (and for sets of at most 10 test cases
+``per_case.md`` / ``per_case.csv``), ``training_curves.png``, ``score_vs_time.png`` and ``fig2_panel.png`` (best,
+median and worst case of the reference, every method beside it; needs the raw images), and ``<root>/README.md``
+with all of it. Every number there comes from the results files; nothing is typed by hand.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["load_curves", "plot_training_curves"]
+__all__ = ["load_runs", "load_curves", "seed_averaged", "study_numbers", "study_table", "plot_training_curves",
+           "plot_score_vs_time", "write_report", "register"]
+
+log = logging.getLogger(__name__)
+
+#: The metric each evaluation protocol's study table leads with, and the others it shows.
+PROTOCOL_METRICS: dict[str, tuple[str, ...]] = {"cells": ("f1",), "brats": ("dice_mean", "hd95_mean")}
+_DEFAULT_METRICS = ("dice_mean", "nsd_mean")
+_SMALL = 10  # test sets up to this size also get a per-case table
+
+
+def _label(method: str) -> str:
+    from xlstm_unet.nnunet.methods import METHODS
+
+    return METHODS[method].label if method in METHODS and METHODS[method].label else method
+
+
+def load_runs(root: str | os.PathLike) -> pd.DataFrame:
+    """One row per finished (experiment, dataset, method, seed) below ``root``, from its ``run.json``: the
+    parameters, budget, timing (training wall and CPU hours summed over epochs) and the code commit."""
+    rows = []
+    for run_file in sorted(Path(root).glob("*/Dataset*/*/seed*/run.json")):
+        seed_dir = run_file.parent
+        if not seed_dir.name[4:].isdigit():
+            continue
+        run = json.loads(run_file.read_text())
+        timing, budget, params = run.get("timing", {}), run.get("budget", {}), run.get("params", {})
+        rows.append({
+            "experiment": seed_dir.parents[2].name, "dataset": seed_dir.parents[1].name,
+            "method": seed_dir.parent.name, "seed": int(seed_dir.name[4:]), "dir": str(seed_dir),
+            "protocol": run.get("protocol"), "trainer": params.get("trainer"),
+            "configuration": params.get("configuration"), "split_seed": params.get("split_seed"),
+            "epochs": budget.get("epochs"), "iterations_per_epoch": budget.get("iterations_per_epoch"),
+            "batch_size": budget.get("batch_size"), "patch_size": budget.get("patch_size"),
+            "train_h": (timing.get("train_s") or np.nan) / 3600, "train_cpu_h": (timing.get("train_cpu_s") or
+                                                                                  np.nan) / 3600,
+            "predict_s": timing.get("predict_s"), "commit": (run.get("code") or {}).get("commit"),
+        })
+    return pd.DataFrame(rows)
+
+
+def seed_averaged(seed_dirs: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-case scores averaged over the given seed folders (cases scored by all of them), and the per-seed means
+    (one row per seed folder, numeric columns)."""
+    frames = [pd.read_csv(Path(d) / "per_case.csv").assign(case=lambda f: f["case"].astype(str))
+              for d in seed_dirs]
+    cases = set.intersection(*(set(f["case"]) for f in frames))
+    numeric = [c for c in frames[0].columns if c != "case" and pd.api.types.is_numeric_dtype(frames[0][c])]
+    frames = [f[f["case"].isin(cases)] for f in frames]
+    averaged = pd.concat(frames).groupby("case", sort=True)[numeric].mean()
+    per_seed = pd.DataFrame([f[numeric].mean() for f in frames])
+    return averaged, per_seed
+
+
+def study_numbers(root: str | os.PathLike, experiment: str, reference: str = "xlstm_enc",
+                  metrics: Sequence[str] | None = None, n_boot: int = 10000) -> pd.DataFrame:
+    """The numbers of one experiment's study table: one row per method (in run order), per metric ``<m>_mean,
+    <m>_std`` (over cases of the seed-averaged scores), ``<m>_median``, ``<m>_seed_std`` (std of the per-seed
+    means, ddof=0), ``<m>_diff``, ``<m>_ci_low``, ``<m>_ci_high`` (method - reference), ``<m>_p``, ``<m>_p_holm``;
+    plus ``seeds``, ``n`` and the median training hours over seeds (``train_h``, ``train_cpu_h``)."""
+    from xlstm_unet.metrics import compare_methods
+
+    runs = load_runs(root)
+    runs = runs[runs["experiment"] == experiment]
+    if runs.empty:
+        raise ValueError(f"{Path(root) / experiment}: no finished runs (no <method>/seed<k>/run.json)")
+    methods = list(dict.fromkeys(runs["method"]))
+    metrics = list(metrics or PROTOCOL_METRICS.get(runs["protocol"].iloc[0], _DEFAULT_METRICS))
+    averaged, per_seed = {}, {}
+    for m in methods:
+        averaged[m], per_seed[m] = seed_averaged(runs[runs["method"] == m]["dir"].tolist())
+    ref = reference if reference in methods else methods[0]
+    out = pd.DataFrame(index=pd.Index(methods, name="method"))
+    out["seeds"] = [len(per_seed[m]) for m in methods]
+    out["train_h"] = [runs[runs["method"] == m]["train_h"].median() for m in methods]
+    out["train_cpu_h"] = [runs[runs["method"] == m]["train_cpu_h"].median() for m in methods]
+    for metric in metrics:
+        table = compare_methods({m: averaged[m][metric].to_dict() for m in methods}, ref, metric, n_boot=n_boot,
+                                higher_is_better=not metric.startswith("hd95"))
+        out["n"] = table.loc[methods, "n"]
+        for col, src in (("mean", "mean"), ("std", "std"), ("median", "median"), ("diff", "diff"),
+                         ("ci_low", "ci_low"), ("ci_high", "ci_high"), ("p", "p_value"), ("p_holm", "p_holm")):
+            out[f"{metric}_{col}"] = table.loc[methods, src]
+        out[f"{metric}_seed_std"] = [float(np.std(per_seed[m][metric])) for m in methods]
+    out.attrs.update(reference=ref, metrics=metrics, experiment=experiment)
+    return out
+
+
+def _p(p: float) -> str:
+    return "" if np.isnan(p) else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
+
+
+def study_table(numbers: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """:func:`study_numbers` as strings, one column per quantity (markdown-ready)."""
+    ref = numbers.attrs["reference"]
+    rows = {}
+    for m, r in numbers.iterrows():
+        row = {"method": _label(m), "seeds": int(r["seeds"]), "n": int(r["n"])}
+        for metric in numbers.attrs["metrics"]:
+            row[f"{metric} mean ± std"] = f"{r[f'{metric}_mean']:.{digits}f} ± {r[f'{metric}_std']:.{digits}f}"
+            row[f"{metric} median"] = f"{r[f'{metric}_median']:.{digits}f}"
+            row[f"{metric} seed spread"] = (f"± {r[f'{metric}_seed_std']:.{digits}f}" if r["seeds"] > 1 else "—")
+            row[f"{metric} Δ vs {_label(ref)} [95% CI]"] = "ref" if m == ref else (
+                f"{r[f'{metric}_diff']:+.{digits}f} [{r[f'{metric}_ci_low']:+.{digits}f}, "
+                f"{r[f'{metric}_ci_high']:+.{digits}f}]")
+            row[f"{metric} p (Holm)"] = "ref" if m == ref else \
+                f"{_p(r[f'{metric}_p'])} ({_p(r[f'{metric}_p_holm'])})"
+        row["train h (wall)"] = f"{r['train_h']:.2f}"
+        row["train h (CPU)"] = f"{r['train_cpu_h']:.2f}"
+        rows[m] = row
+    return pd.DataFrame.from_dict(rows, orient="index").set_index("method")
+
+
+def _statement(numbers: pd.DataFrame, alpha: float = 0.05) -> str:
+    """What the table shows, in words generated from its numbers (the lead metric)."""
+    metric, ref = numbers.attrs["metrics"][0], numbers.attrs["reference"]
+    lower_better = metric.startswith("hd95")
+    best = numbers[f"{metric}_mean"].idxmin() if lower_better else numbers[f"{metric}_mean"].idxmax()
+    lines = [f"- Best mean {metric}: {_label(best)} ({numbers.loc[best, f'{metric}_mean']:.3f})."]
+    others = numbers.drop(index=ref)
+    if len(others) and numbers.loc[ref, "n"] >= 2:
+        sig = others[others[f"{metric}_p_holm"] < alpha]
+        better = [m for m in sig.index if (sig.loc[m, f"{metric}_diff"] > 0) != lower_better]
+        worse = [m for m in sig.index if m not in better]
+        same = [m for m in others.index if m not in sig.index]
+        name = _label(ref)
+        for what, group in ((f"significantly better than {name}", better),
+                            (f"significantly worse than {name}", worse),
+                            (f"not significantly different from {name}", same)):
+            if group:
+                lines.append(f"- {what[0].upper()}{what[1:]} (paired Wilcoxon, Holm-corrected p < {alpha}): "
+                             + ", ".join(_label(m) for m in group) + ".")
+    multi = numbers[numbers["seeds"] > 1]
+    if len(multi):
+        lines.append(f"- Spread of the mean {metric} between training seeds: "
+                     + ", ".join(f"{_label(m)} ± {r[f'{metric}_seed_std']:.3f} ({int(r['seeds'])} seeds)"
+                                 for m, r in multi.iterrows()) + ".")
+    return "\n".join(lines)
 
 
 def load_curves(results_dir: str | os.PathLike, methods: Sequence[str] | None = None) -> pd.DataFrame:
@@ -55,7 +210,7 @@ def plot_training_curves(results_dir: str | os.PathLike, methods: Sequence[str] 
             ax.plot(c["epoch"], c["train_loss"], color=color, label=f"seed {seed} train")
             ax.plot(c["epoch"], c["val_loss"], color=color, ls="--", label=f"seed {seed} val")
             dice_ax.plot(c["epoch"], c["pseudo_dice"], color=color, ls=":")
-        ax.set_title(method, fontsize=9)
+        ax.set_title(_label(method), fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
         dice_ax.set_ylabel("pseudo Dice")
@@ -71,3 +226,141 @@ def plot_training_curves(results_dir: str | os.PathLike, methods: Sequence[str] 
     if out_stem is not None:
         save_figure(fig, Path(out_stem), dpi)
     return fig
+
+
+def plot_score_vs_time(numbers: pd.DataFrame, out_stem: str | os.PathLike | None = None, dpi: int = 120) -> Figure:
+    """Mean score (error bar: spread between seeds) against training time per run (median over seeds)."""
+    from matplotlib.figure import Figure
+
+    from xlstm_unet.figures import save_figure
+
+    metric = numbers.attrs["metrics"][0]
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.subplots()
+    for i, (m, r) in enumerate(numbers.iterrows()):
+        ax.errorbar(r["train_h"], r[f"{metric}_mean"], yerr=r[f"{metric}_seed_std"] if r["seeds"] > 1 else None,
+                    fmt="o", color=f"C{i % 10}", capsize=3, label=f"{_label(m)} ({int(r['seeds'])} seed"
+                    + ("s)" if r["seeds"] > 1 else ")"))
+    ax.set_xlabel("training time per run (h, wall clock, median over seeds)")
+    ax.set_ylabel(f"mean {metric} (test cases)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    if out_stem is not None:
+        save_figure(fig, Path(out_stem), dpi)
+    return fig
+
+
+def _raw_dataset(runs: pd.DataFrame, raw_root: Path | None, tmp: Path) -> Path | None:
+    """The nnU-Net raw folder the experiment was scored against: under ``raw_root``, or converted again (the
+    converters are deterministic) into ``tmp`` from the dataset's default source."""
+    name = runs["dataset"].iloc[0]
+    if raw_root is not None and (raw_root / name / "dataset.json").is_file():
+        return raw_root / name
+    from xlstm_unet.datasets import DATASETS, convert
+
+    for key, info in DATASETS.items():
+        if f"Dataset{info.default_id:03d}_{info.folder_name}" == name and info.needs_source:
+            try:
+                return convert(key, out_root=tmp, seed=int(runs["split_seed"].iloc[0]), progress=False)
+            except (FileNotFoundError, ValueError) as err:
+                log.warning("%s: no raw data for the Fig. 2 panel (%s)", name, err)
+                return None
+    log.warning("%s: no raw data for the Fig. 2 panel (pass raw_root)", name)
+    return None
+
+
+def _fig2(exp_dir: Path, numbers: pd.DataFrame, runs: pd.DataFrame, raw: Path) -> Path:
+    from xlstm_unet.figures import fig2_panel
+    from xlstm_unet.viewer import ViewerData
+
+    ref, metric = numbers.attrs["reference"], numbers.attrs["metrics"][0]
+    scores, _ = seed_averaged(runs[runs["method"] == ref]["dir"].tolist())
+    order = scores[metric].dropna().sort_values(ascending=metric.startswith("hd95"))
+    picks = list(dict.fromkeys([order.index[0], order.index[len(order) // 2], order.index[-1]]))
+    results_dir = Path(runs["dir"].iloc[0]).parents[1]
+    methods = list(numbers.index)
+    data = ViewerData.from_results(results_dir, raw, methods=methods, cases=picks)
+    fig2_panel(data, exp_dir / "fig2_panel", cases=picks, methods=methods)
+    return exp_dir / "fig2_panel.png"
+
+
+def _write(path: Path, text: str) -> None:
+    from xlstm_unet._io import temp_file_beside
+
+    fd, tmp = temp_file_beside(path)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_report(root: str | os.PathLike, *, reference: str = "xlstm_enc", figures: bool = True,
+                 raw_root: str | os.PathLike | None = None, n_boot: int = 10000) -> Path:
+    """Write every experiment's tables and figures and ``<root>/README.md`` (see the module docstring)."""
+    from xlstm_unet.figures import table_to_markdown
+
+    root = Path(root)
+    runs = load_runs(root)
+    if runs.empty:
+        raise ValueError(f"{root}: no finished runs (<experiment>/<Dataset>/<method>/seed<k>/run.json)")
+    sections = []
+    with tempfile.TemporaryDirectory(prefix="xlstm_unet_tables_") as tmp:
+        for experiment in dict.fromkeys(runs["experiment"]):
+            exp_runs = runs[runs["experiment"] == experiment]
+            exp_dir = root / experiment
+            numbers = study_numbers(root, experiment, reference, n_boot=n_boot)
+            table = study_table(numbers)
+            _write(exp_dir / "table.md", table_to_markdown(table))
+            numbers.to_csv(exp_dir / "table.csv")
+            first = exp_runs.iloc[0]
+            lines = [f"## {experiment} ({first['dataset']})", "",
+                     f"Configuration `{first['configuration']}`, patch {first['patch_size']}, batch "
+                     f"{first['batch_size']}, {first['epochs']} epochs x {first['iterations_per_epoch']} iterations "
+                     f"per run, split seed {first['split_seed']}, code {', '.join(sorted(set(exp_runs['commit'].dropna())))}.",
+                     "", table_to_markdown(table), _statement(numbers), ""]
+            n_cases = int(numbers["n"].max())
+            if n_cases <= _SMALL:
+                metric = numbers.attrs["metrics"][0]
+                per_case = pd.DataFrame({_label(m): seed_averaged(exp_runs[exp_runs["method"] == m]["dir"]
+                                                                   .tolist())[0][metric] for m in numbers.index})
+                per_case.index.name = "case"
+                per_case.to_csv(exp_dir / "per_case.csv")
+                _write(exp_dir / "per_case.md", table_to_markdown(per_case.round(3)))
+                lines += [f"Per case ({metric}, averaged over seeds):", "", table_to_markdown(per_case.round(3))]
+            if figures:
+                results_dir = Path(exp_runs["dir"].iloc[0]).parents[1]
+                plot_training_curves(results_dir, list(numbers.index), exp_dir / "training_curves")
+                plot_score_vs_time(numbers, exp_dir / "score_vs_time")
+                lines += [f"![training curves]({experiment}/training_curves.png)",
+                          f"![score vs training time]({experiment}/score_vs_time.png)"]
+                raw = _raw_dataset(exp_runs, Path(raw_root) if raw_root else None, Path(tmp) / experiment)
+                if raw is not None:
+                    _fig2(exp_dir, numbers, exp_runs, raw)
+                    lines.append(f"![Fig. 2 panel: best, median and worst case of {_label(numbers.attrs['reference'])}]"
+                                 f"({experiment}/fig2_panel.png)")
+            sections.append("\n".join(lines))
+    readme = ["# Results (generated)", "",
+              f"Generated by `xlstm-unet tables {root}` from the results files below this folder; see "
+              "`docs/results.md` for what they show and what they do not.", "", *sections]
+    _write(root / "README.md", "\n".join(readme) + "\n")
+    return root / "README.md"
+
+
+def _cmd_tables(args: argparse.Namespace) -> int:
+    out = write_report(args.results_root, reference=args.reference, figures=not args.no_figures,
+                       raw_root=args.raw_root, n_boot=args.n_boot)
+    print(out)
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``tables`` to the ``xlstm-unet`` command."""
+    p = subparsers.add_parser(
+        "tables", help="regenerate a study's tables and figures from its results (e.g. results/cpu_real)",
+        description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("results_root", help="folder with <experiment>/<Dataset>/<method>/seed<k>/ results")
+    p.add_argument("--reference", default="xlstm_enc", help="method the others are compared with")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument("--raw-root", default=None, help="an nnUNet_raw folder with the datasets (default: convert "
+                                                    "them again from $XLSTM_UNET_SHARED_DATA for the Fig. 2 panels)")
+    p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    p.set_defaults(func=_cmd_tables)

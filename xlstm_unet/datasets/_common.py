@@ -55,6 +55,7 @@ __all__ = [
     "write_dataset",
     "convert_with",
     "read_image_2d",
+    "write_array",
     "load_nifti",
     "load_nifti_case",
     "nifti_header_geometry",
@@ -272,8 +273,8 @@ def limit_cases(ids: Sequence[str], max_cases: int | None) -> list[str]:
     ids = sorted(ids)
     if max_cases is None:
         return ids
-    if max_cases < 2:
-        raise ValueError(f"max_cases must be >= 2 (one train, one test), got {max_cases}")
+    if max_cases < 1:
+        raise ValueError(f"max_cases must be >= 1, got {max_cases}: pass a positive number, or None for all cases")
     return ids[:max_cases]
 
 
@@ -385,15 +386,20 @@ def load_nifti_case(channel_files: Sequence[Path], label_file: Path, *, copy: bo
 
 
 def seeded_split(ids: Sequence[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded shuffle of ``ids`` (sorted first), then the first ``round(n * test_fraction)`` (at least 1) are test.
+    """Seeded shuffle of ``ids`` (sorted first), then the first ``round(n * test_fraction)`` are test.
 
-    Returns ``(train, test)``, each sorted.
+    ``test_fraction=0`` puts every case in train, ``1`` every case in test (e.g. new cases to predict); in between,
+    train and test get at least one case each. Returns ``(train, test)``, each sorted.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if not 0.0 <= test_fraction <= 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction}: use a fraction such as 0.2, "
+                         f"0 (all cases train) or 1 (all cases test)")
     ids = sorted(ids)
+    if test_fraction in (0.0, 1.0):
+        return (ids, []) if test_fraction == 0.0 else ([], ids)
     if len(ids) < 2:
-        raise ValueError(f"need at least 2 cases to split into train and test, got {len(ids)}")
+        raise ValueError(f"need at least 2 cases to split into train and test, got {len(ids)}: add cases, or pass "
+                         f"test_fraction=0 (all train) or test_fraction=1 (all test, e.g. to predict new cases)")
     order = np.random.default_rng(seed).permutation(len(ids))
     n_test = min(max(1, int(round(len(ids) * test_fraction))), len(ids) - 1)
     test = sorted(ids[i] for i in order[:n_test])
@@ -401,12 +407,18 @@ def seeded_split(ids: Sequence[str], test_fraction: float, seed: int) -> tuple[l
     return train, test
 
 
-def seeded_group_split(groups: Mapping[str, Sequence[str]], n_test_groups: int,
-                       seed: int) -> tuple[list[str], list[str]]:
-    """Split whole groups (e.g. patients) into train/test: ``n_test_groups`` seeded-random groups go to test."""
+def seeded_group_split(groups: Mapping[str, Sequence[str]], n_test_groups: int, seed: int, *,
+                       option: str = "n_test_groups") -> tuple[list[str], list[str]]:
+    """Split whole groups (e.g. patients) into train/test: ``n_test_groups`` seeded-random groups go to test.
+
+    ``n_test_groups=0`` puts every group in train, ``len(groups)`` every group in test (e.g. a new patient to
+    predict). ``option`` is the converter's name for ``n_test_groups`` in error messages (``n_test_patients``).
+    Returns ``(train, test)`` case ids, each sorted.
+    """
     names = sorted(groups)
-    if not 1 <= n_test_groups < len(names):
-        raise ValueError(f"n_test_groups must be in [1, {len(names) - 1}] for {len(names)} groups, got {n_test_groups}")
+    if not 0 <= n_test_groups <= len(names):
+        raise ValueError(f"{option} must be in [0, {len(names)}] for {len(names)} groups, got {n_test_groups}: "
+                         f"use 0 (all train), {len(names)} (all test) or a number in between")
     order = np.random.default_rng(seed).permutation(len(names))
     test_groups = {names[i] for i in order[:n_test_groups]}
     test = sorted(c for g in test_groups for c in groups[g])
@@ -503,7 +515,8 @@ def _validate_plan(plan: DatasetPlan) -> None:
             raise DatasetFormatError(b, f"duplicate case id {case.case_id!r} (also from {a})")
         seen[case.case_id] = case
     if not any(c.subset == "train" for c in plan.cases):
-        raise DatasetFormatError(None, f"dataset {plan.name!r} has no training cases")
+        warnings.warn(f"dataset {plan.name!r} has no training cases; its images can be predicted, not trained on",
+                      stacklevel=3)
     if not any(c.subset == "test" for c in plan.cases):
         warnings.warn(f"dataset {plan.name!r} has no test cases; evaluation will have nothing to score", stacklevel=3)
     if plan.labels.get("background") != 0:
@@ -593,13 +606,16 @@ def _write_nifti(path: Path, arr: np.ndarray, affine: np.ndarray) -> None:
     nib.save(img, str(path))
 
 
-def _write_array(path: Path, arr: np.ndarray, ending: str, affine: np.ndarray | None) -> None:
+def write_array(path: Path, arr: np.ndarray, ending: str, affine: np.ndarray | None = None) -> None:
+    """Write an image or label the way the converters do: PNG (Pillow), TIFF (tifffile) or NIfTI (nibabel, needs
+    ``affine``). 2D arrays are ``(H, W)`` or ``(H, W, 3)``, 3D arrays ``(X, Y, Z)``."""
     if ending == ".png":
         _write_png(path, arr)
     elif ending == ".tif":
         _write_tif(path, arr)
     elif ending == ".nii.gz":
-        assert affine is not None  # guaranteed by _validate_case
+        if affine is None:
+            raise ValueError(f"{path}: NIfTI output needs a (4, 4) affine")
         _write_nifti(path, arr, affine)
     else:  # pragma: no cover - Literal type
         raise ValueError(f"unsupported file ending {ending!r}")
@@ -614,13 +630,13 @@ def _write_case(root: Path, plan: DatasetPlan, case: CasePlan, data: CaseData) -
         if copy_ok and data.copy_channels and str(data.channel_files[i]).endswith(ending):
             shutil.copyfile(data.channel_files[i], dest)
         else:
-            _write_array(dest, ch, ending, data.affine)
+            write_array(dest, ch, ending, data.affine)
     dest = lab_dir / f"{case.case_id}{ending}"
     if copy_ok and data.copy_label and data.label_file is not None and str(data.label_file).endswith(ending):
         shutil.copyfile(data.label_file, dest)
     else:
         lab = data.label.astype(_label_dtype(max(plan.label_values)), copy=False)
-        _write_array(dest, lab, ending, data.affine)
+        write_array(dest, lab, ending, data.affine)
     if data.instances is not None and case.subset == "test":
         inst = data.instances
         if int(inst.max(initial=0)) > np.iinfo(np.uint16).max or int(inst.min(initial=0)) < 0:

@@ -55,13 +55,18 @@ def brats_split(ids: list[str], seed: int, fractions: tuple[float, float, float]
     """Seeded shuffle of the sorted ``ids`` into ``(train, val, test)`` by ``fractions`` (SegMamba's 70/10/20).
 
     Sizes: ``n_train = int(n * f_train)``, ``n_val = int(n * f_val)``, test = the rest (at least one case each
-    for train and test when ``n >= 2``). Each list is returned sorted.
+    for train and test when ``n >= 2``). ``fractions=(1, 0, 0)`` puts every case in train, ``(0, 0, 1)`` every case
+    in test (e.g. new cases to predict). Each list is returned sorted.
     """
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
-        raise ValueError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
+        raise ValueError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}: e.g. "
+                         f"(0.7, 0.1, 0.2), (1, 0, 0) for all train or (0, 0, 1) for all test")
     ids = sorted(ids)
+    if fractions[0] == 1.0 or fractions[2] == 1.0:
+        return (ids, [], []) if fractions[0] == 1.0 else ([], [], ids)
     if len(ids) < 2:
-        raise ValueError(f"need at least 2 cases to split, got {len(ids)}")
+        raise ValueError(f"need at least 2 cases to split, got {len(ids)}: add cases, or pass fractions=(1, 0, 0) "
+                         f"(all train) or fractions=(0, 0, 1) (all test)")
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
     n_train = max(1, int(len(ids) * fractions[0]))
     n_val = int(len(ids) * fractions[1])

@@ -16,7 +16,8 @@ Conversion (the cell protocol of reference.md, as for NeurIPS 2022 cells):
 - labels: :func:`~._common.instances_to_3class` -> ``{background: 0, interior: 1, boundary: 2}``;
 - test instance labels are kept in ``labelsTs_instances/<case>.png`` (uint16) for the F1 evaluation.
 
-The split is seeded and stratified by cell line (``test_fraction`` of each line, at least one frame per line).
+The split is seeded and stratified by cell line (``test_fraction`` of each line, at least one frame per line;
+``test_fraction=0`` / ``1``: every frame train / test).
 Caveat from the data README: the annotations are not exhaustive (border-cut nuclei are mostly unlabelled), so
 "background" includes some unannotated nuclei.
 """
@@ -95,8 +96,10 @@ def build_ctc_nuclei(source: Path, *, seed: int = 0, test_fraction: float = 0.2,
         lines.setdefault(cid.split("_")[0], []).append(cid)
     subset: dict[str, str] = {}
     for line, ids in sorted(lines.items()):
-        if len(ids) < 2:
-            raise ValueError(f"cell line {line!r} has {len(ids)} frame(s); need at least 2 to split train/test")
+        if len(ids) < 2 and 0 < test_fraction < 1:
+            raise ValueError(f"cell line {line!r} has {len(ids)} frame(s); need at least 2 to split train/test "
+                             f"(the split is per line): add frames of this line, or pass test_fraction=0 (all "
+                             f"train) or test_fraction=1 (all test)")
         train, test = seeded_split(ids, test_fraction, seed)
         subset.update({c: "train" for c in train} | {c: "test" for c in test})
     plans = tuple(CasePlan(case_id=cid, subset=subset[cid],  # type: ignore[arg-type]

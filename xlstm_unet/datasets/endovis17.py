@@ -108,7 +108,8 @@ def _load(frame: Path, masks: tuple[tuple[Path, int], ...], downscale: int,
 
 def _scan_split(split_dir: Path, subset: str, max_frames: int | None, downscale: int,
                 crop_hw: tuple[int, int] | None) -> list[CasePlan]:
-    require_dir(split_dir, f"EndoVis 2017 {subset} set")
+    require_dir(split_dir, f"EndoVis 2017 {subset} set; the official split needs both train/ and test/ in the "
+                           f"source, each with instrument_dataset_<k>/ folders")
     videos = sorted((p for p in split_dir.iterdir() if p.is_dir() and p.name.startswith("instrument_dataset_")),
                     key=lambda p: int(p.name.rsplit("_", 1)[-1]) if p.name.rsplit("_", 1)[-1].isdigit() else 0)
     if not videos:

@@ -89,8 +89,8 @@ def _load(image: Path, label: Path, keep_instances: bool) -> CaseData:
                     instances=inst if keep_instances else None, channel_files=(image,), label_file=label)
 
 
-def _pairs(folder: Path, prefix: str, max_cases: int | None) -> dict[str, tuple[Path, Path]]:
-    require_dir(folder, f"NeurIPS cells {prefix} set")
+def _pairs(folder: Path, prefix: str, max_cases: int | None, option: str) -> dict[str, tuple[Path, Path]]:
+    require_dir(folder, f"NeurIPS cells {prefix} set; pass {option}=<folder in the source> for another folder")
     pairs = pair_files(folder / "images", folder / "labels", _IMAGE_SUFFIXES, ("_label.tiff", "_label.tif"))
     ids = sorted(pairs)[:max_cases] if max_cases is not None else sorted(pairs)
     return {f"{prefix}_{cid}": pairs[cid] for cid in ids}
@@ -100,8 +100,8 @@ def build_neurips_cells(source: Path, *, seed: int = 0, train_dir: str = "Traini
                         test_dir: str = "Tuning", max_cases: int | None = None) -> DatasetPlan:
     """Plan the NeurIPS 2022 cells conversion (see the module docstring); ``max_cases`` caps each set."""
     source = require_dir(Path(source), "NeurIPS cells source")
-    train = _pairs(source / train_dir, "train", max_cases)
-    test = _pairs(source / test_dir, "tuning", max_cases)
+    train = _pairs(source / train_dir, "train", max_cases, "train_dir")
+    test = _pairs(source / test_dir, "tuning", max_cases, "test_dir")
     cases = tuple(
         [CasePlan(case_id=cid, subset="train", load=partial(_load, *p, False), files=p) for cid, p in train.items()]
         + [CasePlan(case_id=cid, subset="test", load=partial(_load, *p, True), files=p) for cid, p in test.items()])

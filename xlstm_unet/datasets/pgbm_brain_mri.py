@@ -10,7 +10,9 @@ Raw layout::
 Conversion: channels ``0 t1, 1 t1c, 2 t2, 3 flair`` (stored dtype kept), labels ``{background: 0, tumor: 1}``,
 spacing and orientation from the source headers (the seg's affine, which equals t1c's; all five volumes must share
 shape and spacing). Case id = study folder name. **The split is by patient** (``n_test_patients`` seeded-random
-patients go to test, with all their studies), because the studies of one patient are not independent.
+patients go to test, with all their studies), because the studies of one patient are not independent;
+``n_test_patients=0`` converts every patient as training data, ``n_test_patients=<number of patients>`` every
+patient as test data (e.g. one new patient to predict and evaluate).
 Protocol ``generic`` (DSC / HD95 of the binary tumour).
 """
 
@@ -68,7 +70,7 @@ def build_pgbm_brain_mri(source: Path, *, seed: int = 0, n_test_patients: int = 
             raise DatasetFormatError(study, "study folder must be named <patient>_<date>")
         files[study.name] = _study_files(study)
         groups.setdefault(study.name.split("_")[0], []).append(study.name)
-    train, test = seeded_group_split(groups, n_test_patients, seed)
+    train, test = seeded_group_split(groups, n_test_patients, seed, option="n_test_patients")
     subset = {**{c: "train" for c in train}, **{c: "test" for c in test}}
     cases = tuple(
         CasePlan(case_id=cid, subset=subset[cid], load=partial(load_nifti_case, *files[cid]),  # type: ignore[arg-type]

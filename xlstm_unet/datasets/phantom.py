@@ -214,9 +214,10 @@ def _load3d(ss: np.random.SeedSequence, shape_zyx: tuple[int, int, int], spacing
 
 
 def _check_counts(n_train: int, n_test: int, n_val: int) -> None:
-    if n_train < 1 or n_test < 0 or not 0 <= n_val < n_train:
-        raise ValueError(f"need n_train >= 1, n_test >= 0 and 0 <= n_val < n_train, got n_train={n_train}, "
-                         f"n_test={n_test}, n_val={n_val}")
+    if n_train < 0 or n_test < 0 or n_train + n_test < 1 or n_val < 0 or (n_val and n_val >= n_train):
+        raise ValueError(f"need n_train >= 0 and n_test >= 0 with at least one case, and 0 <= n_val < n_train, got "
+                         f"n_train={n_train}, n_test={n_test}, n_val={n_val}: e.g. n_train=24, n_test=8, n_val=0 "
+                         f"(n_test=0: all train, n_train=0: all test)")
 
 
 def _split_extra(prefix: str, n_train: int, n_val: int) -> dict:

@@ -28,7 +28,8 @@ from xlstm_unet.nnunet.trainers import STOP_AFTER_EPOCH_ENV, TrainingPaused
 from xlstm_unet.nnunet.variants import trainer_variant_name
 from xlstm_unet.pause import PAUSED_EXIT_CODE, TIME_LIMIT_ENV, pause_handling, time_left
 
-__all__ = ["prepare", "write_splits", "train", "predict", "model_folder", "dataset_name", "trainer_name"]
+__all__ = ["prepare", "write_splits", "train", "predict", "load_predictor", "check_device", "model_folder",
+           "dataset_name", "trainer_name"]
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +219,7 @@ def train(dataset: int | str, method: str = "xlstm_enc", *, configuration: str =
         when it paused), ``run_config.json`` and nnU-Net's logs.
     """
     apply_env()
-    import torch
-
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but CUDA is not available")
+    check_device(device)
     if not isinstance(num_gpus, int) or isinstance(num_gpus, bool) or num_gpus < 1:
         raise ValueError(f"num_gpus must be a positive integer, got {num_gpus!r}")
     if num_gpus > 1 and not str(device).startswith("cuda"):
@@ -297,24 +293,10 @@ def predict(model: str | os.PathLike, input_dir: str | os.PathLike, output_dir: 
     Returns:
         ``output_dir``, holding one label map per case.
     """
-    apply_env()
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    model = Path(model)
-    if model.name.startswith("fold_"):
-        folds = folds or [model.name[5:]]
-        model = model.parent
-    if not (model / "plans.json").is_file():
-        raise FileNotFoundError(f"{model} is not an nnU-Net model folder (no plans.json)")
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise FileNotFoundError(f"input folder {input_dir} does not exist")
-    folds = [f if f == "all" else int(f) for f in folds] if folds else None
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
-                                perform_everything_on_device=str(device).startswith("cuda"),
-                                device=torch.device(device), verbose=False, allow_tqdm=True)
-    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=checkpoint)
+    predictor = load_predictor(model, folds=folds, device=device, checkpoint=checkpoint, mirroring=mirroring)
     output_dir.mkdir(parents=True, exist_ok=True)
     if num_processes == 0:
         predictor.predict_from_files_sequential(str(input_dir), str(output_dir), save_probabilities=False,
@@ -324,3 +306,36 @@ def predict(model: str | os.PathLike, input_dir: str | os.PathLike, output_dir: 
                                      num_processes_preprocessing=num_processes,
                                      num_processes_segmentation_export=num_processes)
     return output_dir
+
+
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` unless ``device`` is ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, ``RuntimeError`` when CUDA
+    is requested but not available."""
+    import torch
+
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but CUDA is not available")
+
+
+def load_predictor(model: str | os.PathLike, *, folds: Sequence[int | str] | None = None, device: str = "cpu",
+                   checkpoint: str = "checkpoint_final.pth", mirroring: bool = True, allow_tqdm: bool = True):
+    """An ``nnUNetPredictor`` initialised from a trained model (see :func:`predict` for the arguments)."""
+    apply_env()
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    check_device(device)
+    model = Path(model)
+    if model.name.startswith("fold_"):
+        folds = folds or [model.name[5:]]
+        model = model.parent
+    if not (model / "plans.json").is_file():
+        raise FileNotFoundError(f"{model} is not an nnU-Net model folder (no plans.json)")
+    folds = [f if f == "all" else int(f) for f in folds] if folds else None
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
+                                perform_everything_on_device=str(device).startswith("cuda"),
+                                device=torch.device(device), verbose=False, allow_tqdm=allow_tqdm)
+    predictor.initialize_from_trained_model_folder(str(model), folds, checkpoint_name=checkpoint)
+    return predictor

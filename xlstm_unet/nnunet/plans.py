@@ -173,3 +173,31 @@ def add_configuration(dataset_id: int, plans_file: str | os.PathLike, override: 
     log.info("%s: added configuration %s (patch %s, spacing %s, batch %s)", plans_file, override.name,
              planned["patch_size"], planned["spacing"], planned["batch_size"])
     return True
+
+
+def _cmd_prepare(args) -> int:
+    from xlstm_unet.nnunet.api import prepare
+
+    out = prepare(args.dataset, configurations=args.configurations, plans=args.plans,
+                  num_processes=args.num_processes, overwrite=args.overwrite)
+    print(out)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``prepare`` to the ``xlstm-unet`` command."""
+    p = subparsers.add_parser(
+        "prepare", help="nnU-Net fingerprint, plan (with overrides such as 2d_p320x320) and preprocess; writes "
+                        "splits_final.json from the converter's split",
+        description="nnU-Net's plan_and_preprocess for a converted dataset, plus the configuration overrides named "
+                    "as <base>[_p<size>x...][_sp<spacing>x...] (e.g. 2d_p320x320, 3d_fullres_p48x160x224, "
+                    "2d_sp2x2) and nnU-Net's splits_final.json from the converter's split.json where it has a "
+                    "validation part. Then train with nnUNetv2_train D CONFIGURATION FOLD -tr TRAINER.")
+    p.add_argument("dataset", help="dataset id (e.g. 701), DatasetXXX_Name, or raw folder")
+    p.add_argument("-c", "--configurations", nargs="+", default=["2d"], metavar="CONFIG",
+                   help="configurations to preprocess (default 2d)")
+    p.add_argument("-p", "--plans", nargs="+", default=["nnUNetPlans"], choices=sorted(PLANNER_CLASSES),
+                   help="plans identifiers (default nnUNetPlans; nnUNetResEncUNetMPlans for resenc_m)")
+    p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--overwrite", action="store_true", help="redo steps whose outputs exist")
+    p.set_defaults(func=_cmd_prepare)

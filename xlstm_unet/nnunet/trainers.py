@@ -56,6 +56,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
+from xlstm_unet.benchmarking import peak_memory_mb
 from xlstm_unet.nnunet.recipes import Recipe, build_optimizer, resolve_recipe
 from xlstm_unet.pause import PAUSED_EXIT_CODE, pause_handling, pause_reason
 
@@ -81,7 +82,8 @@ STOP_AFTER_EPOCH_ENV = "XLSTM_UNET_STOP_AFTER_EPOCH"
 COMPILE_ENV = "nnUNet_compile"
 #: Key of a mid-epoch checkpoint's extra state: ``{"epoch", "train_losses", "wall_s", "cpu_s"}``.
 PARTIAL_EPOCH_KEY = "xlstm_unet_partial_epoch"
-#: Per-epoch training curve written into the fold folder (losses, pseudo Dice, lr, wall and CPU seconds).
+#: Per-epoch training curve written into the fold folder (losses, pseudo Dice, lr, wall and CPU seconds, peak
+#: memory so far: CUDA's max allocated, or the process's peak RSS on CPU).
 CURVE_FILE = "training_curve.csv"
 _TRUE = ("1", "true", "t", "yes")
 
@@ -383,7 +385,8 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
                "pseudo_dice": get("mean_fg_dice", epoch), "ema_pseudo_dice": get("ema_fg_dice", epoch),
                "lr": get("lrs", epoch),
                "epoch_s": get("epoch_end_timestamps", epoch) - get("epoch_start_timestamps", epoch),
-               "epoch_cpu_s": time.process_time() - getattr(self, "_epoch_cpu_start", time.process_time())}
+               "epoch_cpu_s": time.process_time() - getattr(self, "_epoch_cpu_start", time.process_time()),
+               "peak_mem_mb": peak_memory_mb(self.device)}
         path = os.path.join(self.output_folder, CURVE_FILE)
         rows = []
         if os.path.isfile(path):

@@ -1,0 +1,105 @@
+"""`xlstm-unet tables`: study tables and figures regenerated from committed results (a small fixture)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from xlstm_unet.cli import main
+from xlstm_unet.metrics import holm
+from xlstm_unet.study import load_runs, study_numbers
+
+DATASET = "Dataset901_Phantom2D"
+
+
+def _seed_run(root: Path, method: str, seed: int, scores: dict[str, float], train_s: float) -> Path:
+    d = root / "phantom" / DATASET / method / f"seed{seed}"
+    d.mkdir(parents=True)
+    cases = sorted(scores)
+    pd.DataFrame({"case": cases, "dice_mean": [scores[c] for c in cases],
+                  "nsd_mean": [min(1.0, scores[c] + 0.05) for c in cases]}).to_csv(d / "per_case.csv", index=False)
+    pd.DataFrame({"epoch": [0, 1], "train_loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "pseudo_dice": [0.2, 0.4],
+                  "ema_pseudo_dice": [0.2, 0.22], "lr": [0.01, 0.005], "epoch_s": [train_s / 2] * 2,
+                  "epoch_cpu_s": [train_s] * 2, "peak_mem_mb": [100.0, 100.0]}).to_csv(d / "training_curve.csv",
+                                                                                       index=False)
+    run = {"params": {"method": method, "dataset": DATASET, "trainer": "t", "configuration": "2d", "fold": "all",
+                      "split_seed": 0, "seed": seed},
+           "budget": {"epochs": 2, "iterations_per_epoch": 1, "batch_size": 2, "patch_size": [64, 64]},
+           "protocol": "generic", "timing": {"train_s": train_s, "train_cpu_s": 2 * train_s},
+           "code": {"commit": "abc", "dirty": False}}
+    (d / "run.json").write_text(json.dumps(run))
+    return d
+
+
+@pytest.fixture()
+def study(tmp_path: Path) -> tuple[Path, dict]:
+    rng = np.random.default_rng(0)
+    cases = [f"phantom2d_{k:03d}" for k in range(8, 20)]
+    truth = {"xlstm_enc": 0.7, "nnunet": 0.6, "unetr": 0.68}
+    scores = {}
+    for method, seeds in (("nnunet", [0, 1, 2]), ("xlstm_enc", [0, 1]), ("unetr", [0])):
+        for s in seeds:
+            scores[(method, s)] = {c: float(np.clip(truth[method] + rng.normal(0, 0.08), 0, 1)) for c in cases}
+            _seed_run(tmp_path, method, s, scores[(method, s)], 3600.0 * (1 + s))
+    # an unfinished run (no run.json) does not count
+    (tmp_path / "phantom" / DATASET / "unetr" / "seed1").mkdir()
+    return tmp_path, scores
+
+
+def test_numbers_match_an_independent_computation(study):
+    root, scores = study
+    runs = load_runs(root)
+    assert sorted(runs.groupby("method")["seed"].count().items()) == [("nnunet", 3), ("unetr", 1),
+                                                                       ("xlstm_enc", 2)]
+    nums = study_numbers(root, "phantom", n_boot=2000)
+    avg = {m: pd.DataFrame({s: pd.Series(v) for (mm, s), v in scores.items() if mm == m}).mean(axis=1)
+           for m in ("nnunet", "xlstm_enc", "unetr")}
+    ref = avg["xlstm_enc"]
+    for m, a in avg.items():
+        assert nums.loc[m, "dice_mean_mean"] == pytest.approx(a.mean())
+        assert nums.loc[m, "dice_mean_std"] == pytest.approx(a.std(ddof=0))
+        assert nums.loc[m, "dice_mean_median"] == pytest.approx(a.median())
+        seed_means = [np.mean(list(v.values())) for (mm, s), v in scores.items() if mm == m]
+        assert nums.loc[m, "dice_mean_seed_std"] == pytest.approx(np.std(seed_means))
+    p = {m: stats.wilcoxon(avg[m] - ref).pvalue for m in ("nnunet", "unetr")}
+    assert nums.loc["nnunet", "dice_mean_p"] == pytest.approx(p["nnunet"])
+    np.testing.assert_allclose(nums.loc[["nnunet", "unetr"], "dice_mean_p_holm"], holm([p["nnunet"], p["unetr"]]))
+    diff = (avg["nnunet"] - ref).mean()
+    assert nums.loc["nnunet", "dice_mean_diff"] == pytest.approx(diff)
+    assert nums.loc["nnunet", "dice_mean_ci_low"] < diff < nums.loc["nnunet", "dice_mean_ci_high"]
+    assert nums.loc["nnunet", "train_h"] == pytest.approx(2.0)  # median over seeds of 1, 2, 3 h
+    assert nums.loc["xlstm_enc", "seeds"] == 2
+
+
+def test_tables_command_regenerates_tables_and_readme(study, capsys):
+    root, _ = study
+    assert main(["tables", str(root), "--no-figures", "--n-boot", "500"]) == 0
+    md = (root / "phantom" / "table.md").read_text()
+    assert "| xLSTM-UNet Enc | 2 | 12 |" in md and "ref" in md
+    readme = (root / "README.md").read_text()
+    assert "Best mean dice_mean: xLSTM-UNet Enc" in readme or "Best mean dice_mean: UNETR" in readme
+    assert "per_case.md" not in readme and not (root / "phantom" / "per_case.md").exists()  # 12 cases > 10
+    table = pd.read_csv(root / "phantom" / "table.csv", index_col="method")
+    assert set(table.index) == {"nnunet", "xlstm_enc", "unetr"}
+
+
+@pytest.mark.slow
+def test_tables_figures_with_the_raw_images(study, nnunet_root, tmp_path):
+    from xlstm_unet.datasets import convert
+
+    root, _ = study
+    raw = convert("phantom2d", out_root=tmp_path / "raw", dataset_id=901, n_train=8, n_test=12, shape=(64, 64),
+                  progress=False)
+    for seed_dir in sorted((root / "phantom" / DATASET).glob("*/seed*")):  # predictions: the ground truth itself
+        if (seed_dir / "run.json").is_file():
+            shutil.copytree(raw / "labelsTs", seed_dir / "predictions")
+    assert main(["tables", str(root), "--raw-root", str(tmp_path / "raw"), "--n-boot", "200"]) == 0
+    for name in ("fig2_panel.png", "training_curves.png", "score_vs_time.png"):
+        assert (root / "phantom" / name).stat().st_size > 1000
+    assert "fig2_panel.png" in (root / "README.md").read_text()
