@@ -51,7 +51,7 @@ from xlstm_unet.folds import run_dir_name
 from xlstm_unet.pause import PAUSE_SIGNALS, parse_duration
 
 __all__ = ["Executor", "SLURM_KEYS", "JOB_TABLE_COLUMNS", "JobSpec", "check_slurm", "expand_jobs",
-           "read_job_table", "run_jobs"]
+           "read_job_table", "forwarding_signals", "run_jobs"]
 
 log = logging.getLogger(__name__)
 
