@@ -60,12 +60,14 @@ def _params(dataset, configuration, data_dir, methods, epochs, iterations, conve
         f"methods: list = {methods!r}  # method names (xlstm_unet.nnunet.METHODS)\n"
         f'configuration: str = "{configuration}"  # nnU-Net configuration\n'
         f"fold: str = \"{fold}\"  # nnU-Net fold: 0-4, or all (every training case, as the paper's tables)\n"
+        "folds: list = []  # several folds, each trained and scored on the test split (empty: fold); folds.csv\n"
         f"epochs: int = {epochs}  # epochs per method (nnU-Net's full budget: 1000)\n"
         f"iterations_per_epoch: int = {iterations}  # iterations per epoch (nnU-Net's full budget: 250)\n"
         "batch_size: int = 0  # batch size (0: the plans')\n"
         'recipe: str = "paper"  # paper (AdamW) or official (SGD)\n'
         "amp: bool = True  # mixed precision on CUDA (False: float32, the _noamp trainers)\n"
         'device: str = "cpu"  # cpu or cuda\n'
+        "num_gpus: int = 1  # GPUs per training (nnU-Net's DDP on CUDA; the batch is split across them)\n"
         "seed: int = 0  # split seed (and the training seed when seeds is empty)\n"
         "seeds: list = []  # training seeds, one training run each (empty: [seed])\n"
         "seeds_by_method: dict = {}  # per-method training seeds, overriding seeds\n"
@@ -89,8 +91,9 @@ SETUP = (
 
 RUN = (
     "res = run_experiment(dataset, methods, source=data_dir or None, convert_options=convert_options,\n"
-    "                     configuration=configuration, fold=fold, epochs=epochs, iterations=iterations_per_epoch,\n"
-    "                     batch_size=batch_size or None, recipe=recipe, amp=amp, device=device, seed=seed,\n"
+    "                     configuration=configuration, fold=fold, folds=folds or None, epochs=epochs,\n"
+    "                     iterations=iterations_per_epoch, batch_size=batch_size or None, recipe=recipe, amp=amp,\n"
+    "                     device=device, num_gpus=num_gpus, seed=seed,\n"
     "                     seeds=seeds or None, seeds_by_method=seeds_by_method, output_dir=output_dir,\n"
     "                     force=force, mirroring=mirroring)\n"
     "res.results_dir")

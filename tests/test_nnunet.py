@@ -215,6 +215,7 @@ def test_resume_continues_instead_of_restarting(phantom2d_prepared):
     assert final["current_epoch"] == 2
     # one training loss per epoch: epoch 0 from the first run, epoch 1 from the resumed one (no restart)
     assert len(final["logging"]["train_losses"]) == 2
+    assert {len(v) for v in final["logging"].values()} == {2}  # the pause checkpoint holds the whole epoch 0
 
 
 # ----------------------------------------------------------------------------------------------- nnU-Net's CLI

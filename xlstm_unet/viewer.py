@@ -161,12 +161,16 @@ class SliceView:
 
 def prediction_dir(method_dir: Path) -> Path | None:
     """A method's predictions: ``<method_dir>/predictions``, else those of its lowest training seed
-    (``<method_dir>/seed<k>/predictions``, see :mod:`xlstm_unet.experiment`); ``None`` when there are none."""
+    (``<method_dir>/seed<k>/predictions``; with several folds, ``fold<f>_seed<k>/``, the first fold's, see
+    :mod:`xlstm_unet.experiment`); ``None`` when there are none."""
     method_dir = Path(method_dir)
     if (method_dir / "predictions").is_dir():
         return method_dir / "predictions"
     seeds = [p for p in method_dir.glob("seed*/predictions") if p.is_dir() and p.parent.name[4:].isdigit()]
-    return min(seeds, key=lambda p: int(p.parent.name[4:])) if seeds else None
+    if seeds:
+        return min(seeds, key=lambda p: int(p.parent.name[4:]))
+    runs = [p for p in method_dir.glob("fold*_seed*/predictions") if p.is_dir()]
+    return min(runs, key=lambda p: p.parent.name) if runs else None
 
 
 class ViewerData:

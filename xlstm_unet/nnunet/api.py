@@ -26,6 +26,7 @@ from xlstm_unet.nnunet.methods import PLANNERS, get_method
 from xlstm_unet.nnunet.plans import add_configuration, parse_configuration
 from xlstm_unet.nnunet.trainers import STOP_AFTER_EPOCH_ENV, TrainingPaused
 from xlstm_unet.nnunet.variants import trainer_variant_name
+from xlstm_unet.pause import PAUSED_EXIT_CODE, TIME_LIMIT_ENV, pause_handling, time_left
 
 __all__ = ["prepare", "write_splits", "train", "predict", "load_predictor", "check_device", "model_folder",
            "dataset_name", "trainer_name"]
@@ -188,7 +189,8 @@ def model_folder(dataset: int | str, method: str, *, configuration: str = "2d", 
 def train(dataset: int | str, method: str = "xlstm_enc", *, configuration: str = "2d", fold: int | str = 0,
           epochs: int | None = None, iterations: int | None = None, recipe: str = "paper", lr: float | None = None,
           batch_size: int | None = None, amp: bool = True, seed: int | None = None, device: str = "cpu",
-          resume: bool = False, stop_after_epoch: int | None = None, validate: bool = True) -> Path:
+          resume: bool = False, stop_after_epoch: int | None = None, validate: bool = True, num_gpus: int = 1,
+          time_limit: str | float | None = None) -> Path:
     """Train one method on one fold with nnU-Net's own training loop.
 
     Args:
@@ -204,36 +206,78 @@ def train(dataset: int | str, method: str = "xlstm_enc", *, configuration: str =
         device: ``"cpu"`` or ``"cuda"`` (AMP on CUDA; the mLSTM runs in float32).
         resume: continue from ``checkpoint_latest.pth`` (as ``nnUNetv2_train --c``).
         stop_after_epoch: stop cleanly after this many epochs, keeping ``checkpoint_latest.pth`` (resume later).
-        validate: run nnU-Net's final validation on the fold's validation cases.
+        validate: run nnU-Net's final validation on the fold's validation cases (with ``num_gpus > 1`` nnU-Net's
+            DDP path always runs it).
+        num_gpus: GPUs for nnU-Net's DDP training (``nnUNetv2_train -num_gpus``; CUDA and NCCL). nnU-Net splits
+            the batch size across the GPUs, so it must be at least ``num_gpus`` (docs/cluster.md).
+        time_limit: a wall-clock budget from now (``"3h"``, seconds; default ``$XLSTM_UNET_TIME_LIMIT``): the
+            training pauses at the first iteration past it, as on SIGTERM / SIGUSR1 / SIGUSR2
+            (:mod:`xlstm_unet.pause`).
 
     Returns:
-        The fold's output folder (``.../fold_0``) with ``checkpoint_final.pth`` (or ``checkpoint_latest.pth`` when
-        stopped early), ``run_config.json`` and nnU-Net's logs.
+        The fold's output folder (``.../fold_0``) with ``checkpoint_final.pth`` (or only ``checkpoint_latest.pth``
+        when it paused), ``run_config.json`` and nnU-Net's logs.
     """
     apply_env()
-    import torch
-    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
-
     check_device(device)
+    if not isinstance(num_gpus, int) or isinstance(num_gpus, bool) or num_gpus < 1:
+        raise ValueError(f"num_gpus must be a positive integer, got {num_gpus!r}")
+    if num_gpus > 1 and not str(device).startswith("cuda"):
+        raise ValueError(f"num_gpus={num_gpus} needs device='cuda' (nnU-Net's DDP training), got {device!r}")
+    if num_gpus > 1 and batch_size is not None and batch_size < num_gpus:
+        raise ValueError(f"batch_size {batch_size} < num_gpus {num_gpus}: nnU-Net splits the batch across the "
+                         "GPUs, each needs at least one sample")
     tr = trainer_name(method, epochs=epochs, iterations=iterations, recipe=recipe, lr=lr, batch_size=batch_size,
                       amp=amp, seed=seed)
     plans = get_method(method).plans
     env = {STOP_AFTER_EPOCH_ENV: str(stop_after_epoch) if stop_after_epoch else None}
     if str(device) == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
         env["nnUNet_n_proc_DA"] = "0"
-    with _env(**env):
-        trainer = get_trainer_from_args(str(_dataset_id(dataset)), configuration, fold, tr, plans,
-                                        continue_training=resume, device=torch.device(device))
-        maybe_load_checkpoint(trainer, resume, False)
-        out = Path(trainer.output_folder)
-        try:
-            trainer.run_training()
-        except TrainingPaused as paused:
-            log.info("paused after epoch %d; checkpoint %s", paused.epoch, paused.checkpoint)
-            return out
-        if validate:
-            trainer.perform_actual_validation(False)
+    with pause_handling(time_limit), _env(**env):
+        if num_gpus > 1:
+            return _train_ddp(dataset, tr, plans, configuration, fold, resume, num_gpus)
+        return _train_here(dataset, tr, plans, configuration, fold, device, resume, validate)
+
+
+def _train_here(dataset, tr: str, plans: str, configuration: str, fold, device: str, resume: bool,
+                validate: bool) -> Path:
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    trainer = get_trainer_from_args(str(_dataset_id(dataset)), configuration, fold, tr, plans,
+                                    continue_training=resume, device=torch.device(device))
+    maybe_load_checkpoint(trainer, resume, False)
+    out = Path(trainer.output_folder)
+    try:
+        trainer.run_training()
+    except TrainingPaused as paused:
+        where = f"in epoch {paused.epoch} after iteration {paused.iteration}" if paused.iteration is not None \
+            else f"after epoch {paused.epoch}"
+        log.info("paused %s (%s); checkpoint %s", where, paused.reason, paused.checkpoint)
+        return out
+    if validate:
+        trainer.perform_actual_validation(False)
     return out
+
+
+def _train_ddp(dataset, tr: str, plans: str, configuration: str, fold, resume: bool, num_gpus: int) -> Path:
+    """nnU-Net's own DDP path (``run_training(num_gpus=...)``: one process per GPU, NCCL). The ranks read the
+    time limit left from the environment; a pause ends them with :data:`PAUSED_EXIT_CODE`."""
+    import torch
+    from nnunetv2.run.run_training import run_training
+    from torch.multiprocessing import ProcessExitedException
+
+    left = time_left()  # the ranks count their own budget from their start: pass them what is left of ours
+    name = dataset_name(dataset)
+    with _env(**{TIME_LIMIT_ENV: f"{max(left, 1.0):.0f}" if left is not None else os.environ.get(TIME_LIMIT_ENV)}):
+        try:
+            run_training(name, configuration, fold, tr, plans, num_gpus=num_gpus, continue_training=resume,
+                         device=torch.device("cuda"))
+        except ProcessExitedException as err:
+            if err.exit_code != PAUSED_EXIT_CODE:
+                raise
+            log.info("paused (DDP rank %d exited with the paused status)", err.error_index)
+    return Path(apply_env()["nnUNet_results"]) / name / f"{tr}__{plans}__{configuration}" / f"fold_{fold}"
 
 
 def predict(model: str | os.PathLike, input_dir: str | os.PathLike, output_dir: str | os.PathLike, *,

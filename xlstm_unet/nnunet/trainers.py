@@ -20,7 +20,13 @@ Behaviour added to nnU-Net's trainer (nothing of nnU-Net is patched):
   fold's output folder together with the budget and the network;
 - a non-finite training loss stops the run at once with :class:`NonFiniteLossError`, naming the epoch and iteration;
 - ``XLSTM_UNET_STOP_AFTER_EPOCH=N`` (or ``train(..., stop_after_epoch=N)``) saves ``checkpoint_latest.pth`` after
-  epoch N and exits cleanly, for time-sliced jobs; continue with ``--c`` / ``resume=True``;
+  epoch N and exits with :data:`~xlstm_unet.pause.PAUSED_EXIT_CODE`, for time-sliced jobs; continue with ``--c`` /
+  ``resume=True``;
+- SIGTERM, SIGUSR1 or SIGUSR2, or the end of a time limit (``XLSTM_UNET_TIME_LIMIT=3h``, ``train(...,
+  time_limit=...)``; :mod:`xlstm_unet.pause`), pause the training at the next training iteration: the mid-epoch
+  state (iteration, the epoch's losses, its elapsed time) goes into ``checkpoint_latest.pth`` and the resumed run
+  finishes that epoch with the remaining iterations, so a paused and resumed training takes as many optimiser
+  steps and logs as many epochs as an uninterrupted one. Under DDP the ranks agree on the pause each iteration;
 - short budgets save ``checkpoint_latest.pth`` every epoch and shorten the per-epoch validation;
 - deep supervision is turned off for 2-stage plans (tiny images), where nnU-Net's loss weights would be 0/0;
 - ``_bs<N>`` sets the batch size in the trainer's copy of the plans (so ``plans.json`` in the results folder says
@@ -52,11 +58,13 @@ from torch import nn
 
 from xlstm_unet.benchmarking import peak_memory_mb
 from xlstm_unet.nnunet.recipes import Recipe, build_optimizer, resolve_recipe
+from xlstm_unet.pause import PAUSED_EXIT_CODE, pause_handling, pause_reason
 
 __all__ = [
     "NonFiniteLossError",
     "TrainingPaused",
     "STOP_AFTER_EPOCH_ENV",
+    "PARTIAL_EPOCH_KEY",
     "COMPILE_ENV",
     "CURVE_FILE",
     "force_fp32",
@@ -72,6 +80,8 @@ __all__ = [
 
 STOP_AFTER_EPOCH_ENV = "XLSTM_UNET_STOP_AFTER_EPOCH"
 COMPILE_ENV = "nnUNet_compile"
+#: Key of a mid-epoch checkpoint's extra state: ``{"epoch", "train_losses", "wall_s", "cpu_s"}``.
+PARTIAL_EPOCH_KEY = "xlstm_unet_partial_epoch"
 #: Per-epoch training curve written into the fold folder (losses, pseudo Dice, lr, wall and CPU seconds, peak
 #: memory so far: CUDA's max allocated, or the process's peak RSS on CPU).
 CURVE_FILE = "training_curve.csv"
@@ -111,15 +121,20 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainingPaused(SystemExit):
-    """Raised after the epoch named by ``XLSTM_UNET_STOP_AFTER_EPOCH``; ``checkpoint_latest.pth`` is saved.
+    """Raised when a training pauses (after the epoch named by ``XLSTM_UNET_STOP_AFTER_EPOCH``, or at the next
+    iteration after a pause signal or the end of its time limit); ``checkpoint_latest.pth`` is saved.
 
-    A ``SystemExit`` with code 0, so that ``nnUNetv2_train`` exits cleanly without running the final validation.
+    A ``SystemExit`` with code :data:`~xlstm_unet.pause.PAUSED_EXIT_CODE` (3), so that ``nnUNetv2_train`` stops
+    without the final validation and a job script can tell a pause from success and failure.
+    ``iteration``: the training iterations done in epoch ``epoch`` (``None`` when it paused at the epoch's end).
     """
 
-    def __init__(self, epoch: int, checkpoint: str):
-        super().__init__(0)
+    def __init__(self, epoch: int, checkpoint: str, iteration: int | None = None, reason: str = ""):
+        super().__init__(PAUSED_EXIT_CODE)
         self.epoch = epoch
         self.checkpoint = checkpoint
+        self.iteration = iteration
+        self.reason = reason
 
 
 class nnUNetTrainerRecipe(nnUNetTrainer):
@@ -175,6 +190,9 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
         self.weight_decay = self.resolved_recipe.weight_decay
         stop = os.environ.get(STOP_AFTER_EPOCH_ENV)
         self.stop_after_epoch: int | None = int(stop) if stop else None
+        self._partial: dict | None = None  # a mid-epoch checkpoint's state, for the resumed epoch
+        self._replay: list[float] = []  # losses of the iterations the resumed epoch had already trained
+        self._epoch_losses: list[float] = []
 
     def _do_i_compile(self) -> bool:
         if os.environ.get(COMPILE_ENV, "").lower() in _TRUE:
@@ -250,19 +268,114 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
             with open(os.path.join(self.output_folder, "run_config.json"), "w") as fh:
                 json.dump(self.run_config(), fh, indent=2)
 
+    def run_training(self):
+        with pause_handling():  # signals and XLSTM_UNET_TIME_LIMIT (nnUNetv2_train); nested in train()'s own
+            super().run_training()
+
     def train_step(self, batch: dict) -> dict:
-        out = super().train_step(batch)
-        loss = np.asarray(out["loss"])
-        if not np.all(np.isfinite(loss)):
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item() if loss.size == 1 else loss}) at epoch {self.current_epoch}"
-                f" of {self.__class__.__name__} ({self.output_folder}); stopping instead of training on NaN. "
-                "Try a lower learning rate, or the 'official' recipe.")
+        if self._replay:  # trained before the pause: keep its loss, skip this batch
+            out = {"loss": np.asarray(self._replay.pop(0), dtype=np.float32)}
+        else:
+            out = super().train_step(batch)
+            loss = np.asarray(out["loss"])
+            if not np.all(np.isfinite(loss)):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({loss.item() if loss.size == 1 else loss}) at epoch "
+                    f"{self.current_epoch} of {self.__class__.__name__} ({self.output_folder}); stopping instead of "
+                    "training on NaN. Try a lower learning rate, or the 'official' recipe.")
+        self._epoch_losses.append(float(np.mean(out["loss"])))
+        if len(self._epoch_losses) < self.num_iterations_per_epoch:  # at the epoch's end on_epoch_end decides
+            reason = self._agreed_pause_reason()
+            if reason:
+                self._pause_mid_epoch(reason)
         return out
 
+    def _agreed_pause_reason(self) -> str | None:
+        """:func:`~xlstm_unet.pause.pause_reason`; under DDP any rank's reason pauses every rank at this step."""
+        reason = pause_reason()
+        if self.is_ddp:
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if reason else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            reason = reason or ("another rank's pause request" if flag.item() else None)
+        return reason
+
+    def _current_partial(self) -> dict | None:
+        return self._partial if self._partial and self._partial.get("epoch") == self.current_epoch else None
+
     def on_epoch_start(self):
-        self._epoch_cpu_start = time.process_time()
-        super().on_epoch_start()
+        partial = self._current_partial()
+        self._epoch_cpu_start = time.process_time() - (partial["cpu_s"] if partial else 0.0)
+        if partial:  # the resumed epoch's time includes what it ran before the pause
+            self.logger.log("epoch_start_timestamps", time.time() - partial["wall_s"], self.current_epoch)
+        else:
+            super().on_epoch_start()
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        partial = self._current_partial()
+        self._replay = list(partial["train_losses"]) if partial else []
+        self._epoch_losses = []
+        self._partial = None
+        if self._replay:
+            self.print_to_log_file(f"Resuming epoch {self.current_epoch} after iteration {len(self._replay)} "
+                                   "(mid-epoch checkpoint): the batches of those iterations are drawn and skipped.")
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        ckpt = filename_or_checkpoint
+        if isinstance(ckpt, str):  # nnU-Net loaded it already; mmap reads only the small entries again
+            ckpt = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+        self._partial = ckpt.get(PARTIAL_EPOCH_KEY)
+
+    def _save_latest_at_epoch(self, epoch: int, extra: dict | None = None) -> str:
+        """Write ``checkpoint_latest.pth`` (atomically) so that a resumed run starts at ``epoch``; ``extra`` is
+        stored under :data:`PARTIAL_EPOCH_KEY`. Returns the path."""
+        latest = os.path.join(self.output_folder, "checkpoint_latest.pth")
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return latest
+        tmp = f"{latest}.{os.getpid()}.tmp"
+        current = self.current_epoch
+        self.current_epoch = epoch - 1  # nnU-Net records current_epoch + 1, the epoch to resume at
+        try:
+            self.save_checkpoint(tmp)
+        finally:
+            self.current_epoch = current
+        if extra is not None:
+            ckpt = torch.load(tmp, map_location="cpu", weights_only=False)
+            ckpt[PARTIAL_EPOCH_KEY] = extra
+            torch.save(ckpt, tmp)
+        os.replace(tmp, latest)
+        return latest
+
+    def _pause_mid_epoch(self, reason: str) -> None:
+        epoch, done = self.current_epoch, len(self._epoch_losses)
+        logs = self.logger.get_checkpoint()  # nnU-Net's per-epoch lists; this epoch has started some of them
+        state = {"epoch": epoch, "train_losses": list(self._epoch_losses),
+                 "wall_s": time.time() - logs["epoch_start_timestamps"][epoch],
+                 "cpu_s": time.process_time() - self._epoch_cpu_start}
+        started = {k: v[epoch:] for k, v in logs.items()}
+        for v in logs.values():  # the checkpoint holds complete epochs only; the resumed run logs this one again
+            del v[epoch:]
+        try:
+            latest = self._save_latest_at_epoch(epoch, state)
+        finally:
+            for k, v in started.items():
+                logs[k].extend(v)
+        self._stop(f"Paused in epoch {epoch} after iteration {done} of {self.num_iterations_per_epoch} ({reason}); "
+                   "resume with --c.")
+        raise TrainingPaused(epoch, latest, iteration=done, reason=reason)
+
+    def _stop(self, message: str) -> None:
+        self.print_to_log_file(message)
+        for loader in (self.dataloader_train, self.dataloader_val):
+            if hasattr(loader, "_finish"):
+                loader._finish()
+        if self.is_ddp:  # rank 0 has written the checkpoint before any rank exits
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def write_curve_row(self, epoch: int) -> None:
         """Write epoch ``epoch``'s row of ``training_curve.csv`` (rows from a run that crashed after the last
@@ -287,20 +400,18 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
 
     def on_epoch_end(self):
         epoch = self.current_epoch
-        stop = (self.stop_after_epoch is not None and epoch + 1 >= self.stop_after_epoch
-                and epoch + 1 < self.num_epochs)
-        latest = os.path.join(self.output_folder, "checkpoint_latest.pth")
-        if stop and self.local_rank == 0:
-            self.save_checkpoint(latest)
-        super().on_epoch_end()
+        reason = None
+        if epoch + 1 < self.num_epochs:  # after the last epoch the training just finishes
+            if self.stop_after_epoch is not None and epoch + 1 >= self.stop_after_epoch:
+                reason = f"{STOP_AFTER_EPOCH_ENV}={self.stop_after_epoch}"
+            reason = reason or self._agreed_pause_reason()
+        super().on_epoch_end()  # logs the epoch's end, then current_epoch += 1
         if self.local_rank == 0:
             self.write_curve_row(epoch)
-        if stop:
-            self.print_to_log_file(f"Paused after epoch {epoch} ({STOP_AFTER_EPOCH_ENV}); resume with --c.")
-            for loader in (self.dataloader_train, self.dataloader_val):
-                if hasattr(loader, "_finish"):
-                    loader._finish()
-            raise TrainingPaused(epoch, latest)
+        if reason:
+            latest = self._save_latest_at_epoch(epoch + 1)
+            self._stop(f"Paused after epoch {epoch} ({reason}); resume with --c.")
+            raise TrainingPaused(epoch, latest, reason=reason)
 
 
 class nnUNetTrainerXLSTM(nnUNetTrainerRecipe):
