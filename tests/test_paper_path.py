@@ -278,3 +278,9 @@ def test_paper_path_check_runs_a_method_through_nnunets_cli(tmp_path):
     assert row["trainer"] == "nnUNetTrainerRecipe_1ep_1it"
     assert row["step_s"] > 0 and row["peak_mem_mb"] > 0 and 0 <= row["dice_mean"] <= 1
     assert "nnUNetv2_train 941 2d all" in (tmp_path / "paper_path.log").read_text()
+
+
+def test_training_shows_an_epoch_progress_bar(phantom2d_prepared, capsys):
+    train(phantom2d_prepared, "nnunet", epochs=2, iterations=1, seed=5, device="cpu", validate=False)
+    err = capsys.readouterr().err
+    assert "nnUNetTrainerRecipe_2ep_1it_seed5" in err and "2/2" in err and "epoch" in err

@@ -388,7 +388,7 @@ def _run_seed(st: _Setting, method: str, seed: int, out: Path) -> None:
     labels = json.loads((st.raw / "dataset.json").read_text())["labels"]  # {name: id} or {name: [ids]} (BraTS)
     inst = st.raw / "labelsTs_instances"
     evaluate_folder(pred, st.raw / "labelsTs", protocol=protocol, out_dir=out, labels=labels,
-                    gt_instances_dir=inst if inst.is_dir() else None, progress=False)
+                    gt_instances_dir=inst if inst.is_dir() else None, progress=True)
     _copy_curves(fold_dir, out)
     run_config = json.loads((fold_dir / "run_config.json").read_text()) if (fold_dir / "run_config.json").is_file() \
         else {}

@@ -264,9 +264,23 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
+        self._epoch_bar = None
         if self.local_rank == 0:
             with open(os.path.join(self.output_folder, "run_config.json"), "w") as fh:
                 json.dump(self.run_config(), fh, indent=2)
+            from tqdm.auto import tqdm  # a widget in JupyterLab, a bar on the terminal's stderr
+
+            self._epoch_bar = tqdm(total=self.num_epochs, initial=self.current_epoch, unit="epoch",
+                                   desc=self.__class__.__name__, dynamic_ncols=True)
+
+    def on_train_end(self):
+        self._close_epoch_bar()
+        super().on_train_end()
+
+    def _close_epoch_bar(self) -> None:
+        bar, self._epoch_bar = getattr(self, "_epoch_bar", None), None
+        if bar is not None:
+            bar.close()
 
     def run_training(self):
         with pause_handling():  # signals and XLSTM_UNET_TIME_LIMIT (nnUNetv2_train); nested in train()'s own
@@ -368,6 +382,7 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
         raise TrainingPaused(epoch, latest, iteration=done, reason=reason)
 
     def _stop(self, message: str) -> None:
+        self._close_epoch_bar()
         self.print_to_log_file(message)
         for loader in (self.dataloader_train, self.dataloader_val):
             if hasattr(loader, "_finish"):
@@ -408,6 +423,10 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
         super().on_epoch_end()  # logs the epoch's end, then current_epoch += 1
         if self.local_rank == 0:
             self.write_curve_row(epoch)
+            if getattr(self, "_epoch_bar", None) is not None:
+                self._epoch_bar.set_postfix(loss=f"{self.logger.get_value('train_losses', epoch):.4f}",
+                                            pseudo_dice=f"{self.logger.get_value('mean_fg_dice', epoch):.3f}")
+                self._epoch_bar.update(1)
         if reason:
             latest = self._save_latest_at_epoch(epoch + 1)
             self._stop(f"Paused after epoch {epoch} ({reason}); resume with --c.")
