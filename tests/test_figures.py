@@ -47,6 +47,14 @@ def test_label_colours_are_shared_and_stable() -> None:
         overlay_labels(img, lab, num_classes=2)
 
 
+def test_colour_names_are_one_definition_reexported_by_figures() -> None:
+    from xlstm_unet import colors, figures
+
+    for name in colors.__all__:
+        assert getattr(figures, name) is getattr(colors, name), name
+        assert name in figures.__all__
+
+
 # ------------------------------------------------------------------------------------------ the paper's numbers
 
 _PM = re.compile(r"(\d+\.\d+)\s*(?:\\pm|±)\s*(\d+\.\d+)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import tomllib
 from pathlib import Path
@@ -109,3 +110,108 @@ def test_no_commit_hashes_or_test_counts_in_docs_and_comments():
         assert not _SHA.search(text), f"{path}: commit hash {_SHA.search(text).group()!r}"
         assert not _TEST_COUNT.search(text), f"{path}: test count {_TEST_COUNT.search(text).group()!r}"
     assert _SHA.search("landed at 8bc9857 today") and _TEST_COUNT.search("332 passed")  # the patterns work
+
+
+# ------------------------------------------------------------------------------------------------------------
+# No import cycle between xlstm_unet modules. An edge A -> B is an import of B that runs while A is imported:
+# statements at module level, also inside module-level if/try/with/for blocks and class bodies, but not inside
+# `if TYPE_CHECKING:` (never runs) or function bodies (run later, when every module is initialised). The implicit
+# import of a submodule's parent package is not an edge: Python initialises the parent first, so it is always
+# complete or in progress, the standard package layout.
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_time_imports(body: list[ast.stmt]):
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        elif isinstance(node, ast.If):
+            if not _is_type_checking(node.test):
+                yield from _import_time_imports(node.body)
+            yield from _import_time_imports(node.orelse)
+        elif isinstance(node, ast.Try):
+            for part in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
+                yield from _import_time_imports(part)
+        elif isinstance(node, (ast.With, ast.For, ast.While, ast.ClassDef)):
+            yield from _import_time_imports(node.body)
+            yield from _import_time_imports(getattr(node, "orelse", []))
+
+
+def import_graph(package_dir: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports at import time (see above); names are dotted."""
+    root = package_dir.parent
+    modules: dict[str, Path] = {}
+    for f in sorted(package_dir.rglob("*.py")):
+        parts = f.relative_to(root).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph: dict[str, set[str]] = {}
+    for name, f in modules.items():
+        is_pkg = f.name == "__init__.py"
+        edges: set[str] = set()
+        for node in _import_time_imports(ast.parse(f.read_text(encoding="utf-8")).body):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                if node.level:
+                    base = name.split(".") if is_pkg else name.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    mod = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in modules else mod for a in node.names]
+            edges.update(t for t in targets if t in modules and t != name)
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_import_graph_finds_cycles_and_ignores_lazy_imports(tmp_path: Path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from pkg.a import x\n")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import b\n"
+                              "def f():\n    from pkg.b import y\nx = 1\n")
+    (pkg / "b.py").write_text("from .sub import c\ny = 2\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "c.py").write_text("try:\n    from ..a import x\nexcept ImportError:\n    pass\n")
+    graph = import_graph(pkg)
+    assert graph == {"pkg": {"pkg.a"}, "pkg.a": set(), "pkg.b": {"pkg.sub.c"}, "pkg.sub": set(),
+                     "pkg.sub.c": {"pkg.a"}}
+    assert find_cycle(graph) is None
+    (pkg / "a.py").write_text("from pkg import b\nx = 1\n")  # now a -> b -> sub.c -> a at import time
+    assert find_cycle(import_graph(pkg)) == ["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]
+
+
+def test_no_import_cycle_between_xlstm_unet_modules():
+    graph = import_graph(REPO_ROOT / "xlstm_unet")
+    assert len(graph) > 20 and "xlstm_unet.colors" in graph["xlstm_unet.viewer"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)

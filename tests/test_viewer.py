@@ -12,7 +12,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from xlstm_unet.figures import label_colors
+from xlstm_unet.colors import label_colors
 from xlstm_unet.paths import REPO_ROOT
 from xlstm_unet.viewer import CaseData, SliceViewer, ViewAxis, ViewerData, case_dice, demo_data
 

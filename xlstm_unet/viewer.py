@@ -12,7 +12,7 @@ Axes of 3D cases: ``axial`` slices array axis 0, ``coronal`` axis 1, ``sagittal`
 (z, y, x) array order of an axially acquired volume). Coronal and sagittal slices are flipped so that increasing z
 points up. The aspect ratio of every slice comes from the voxel spacing.
 
-Colours come from :func:`xlstm_unet.figures.label_colors`: a label has the same colour here and in every figure.
+Colours come from :func:`xlstm_unet.colors.label_colors`: a label has the same colour here and in every figure.
 
 Example::
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from xlstm_unet.figures import label_colors, normalize_intensity, overlay_labels
+from xlstm_unet.colors import label_colors, normalize_intensity, overlay_labels
 
 __all__ = [
     "ViewAxis",
