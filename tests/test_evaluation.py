@@ -387,6 +387,25 @@ def test_read_label_map_2d_and_3d(tmp_path):
     write_nii(tmp_path / "c.nii.gz", box((3, 6, 9), (0, 1, 2), (1, 2, 3), 4), (0.5, 0.25, 3.0))
     arr, sp = E.read_label_map(tmp_path / "c.nii.gz")
     assert arr.shape == (3, 6, 9) and sp == pytest.approx((3.0, 0.25, 0.5)) and arr.dtype == np.int64
+    write_nii(tmp_path / "d.nii.gz", box((1, 6, 9), (0, 1, 2), (1, 2, 3), 1), (0.5, 0.25, 3.0))
+    arr, sp = E.read_label_map(tmp_path / "d.nii.gz")  # a real one-slice volume: no placeholder spacing, stays 3D
+    assert arr.shape == (1, 6, 9) and sp == pytest.approx((3.0, 0.25, 0.5))
+
+
+def test_read_image_channels_and_the_same_2d_rule(tmp_path):
+    rgb = np.arange(6 * 9 * 3, dtype=np.uint8).reshape(6, 9, 3)
+    Image.fromarray(rgb).save(tmp_path / "a_0000.png")
+    img, sp = E.read_image([tmp_path / "a_0000.png"])
+    assert img.shape == (3, 6, 9) and sp == (1.0, 1.0)
+    np.testing.assert_array_equal(img, np.moveaxis(rgb, -1, 0))
+    vols = [box((1, 6, 9), (0, 1, 2), (1, 2, 3), v) for v in (3, 7)]
+    for i, v in enumerate(vols):
+        write_nii(tmp_path / f"b_{i:04d}.nii.gz", v, (0.5, 0.25, 3.0))
+    img, sp = E.read_image([tmp_path / "b_0000.nii.gz", tmp_path / "b_0001.nii.gz"])
+    assert img.shape == (2, 1, 6, 9) and sp == pytest.approx((3.0, 0.25, 0.5))  # one-slice volume stays 3D
+    np.testing.assert_array_equal(img[1], vols[1])
+    with pytest.raises(ValueError, match="c_0000.png"):
+        E.read_image([tmp_path / "c_0000.png"])
 
 
 def test_write_results_leaves_nothing_half_written(tmp_path):

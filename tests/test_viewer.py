@@ -267,3 +267,26 @@ def test_viewer_notebook_runs_under_papermill(tmp_path: Path) -> None:
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
     assert "SYNTHETIC demo (2d" in text
     assert "application/vnd.jupyter.widget-view+json" in text  # the widget was displayed
+
+
+def test_from_results_uses_the_evaluators_2d_rule(tmp_path: Path) -> None:
+    """A real one-slice volume stays 3D (as the evaluator scores it); only nnU-Net's 2D placeholder axis is dropped."""
+    import SimpleITK as sitk
+
+    from xlstm_unet.evaluation import read_label_map
+
+    raw, res = tmp_path / "raw" / "Dataset992_S", tmp_path / "res" / "Dataset992_S"
+    _write_dataset_json(raw, ".nii.gz", {"0": "t1"}, {"background": 0, "a": 1})
+    for sub in ("imagesTs", "labelsTs"):
+        (raw / sub).mkdir()
+    (res / "m" / "predictions").mkdir(parents=True)
+    gt = np.zeros((1, 6, 7), np.uint8)
+    gt[0, 1:4, 2:5] = 1
+    for arr, path in ((gt.astype(np.float32), raw / "imagesTs" / "s_0000.nii.gz"), (gt, raw / "labelsTs" / "s.nii.gz"),
+                      (gt, res / "m" / "predictions" / "s.nii.gz")):
+        img = sitk.GetImageFromArray(arr)
+        img.SetSpacing((0.5, 0.5, 5.0))
+        sitk.WriteImage(img, str(path))
+    c = ViewerData.from_results(res, raw).case("s")
+    assert c.ndim == read_label_map(raw / "labelsTs" / "s.nii.gz")[0].ndim == 3
+    assert c.gt.shape == (1, 6, 7) and c.spacing == pytest.approx((5.0, 0.5, 0.5))

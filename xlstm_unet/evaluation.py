@@ -62,6 +62,8 @@ __all__ = [
     "abdomen_organ",
     "find_cases",
     "read_label_map",
+    "read_image",
+    "case_files",
     "load_dataset_json",
     "score_folder",
     "summarize",
@@ -161,7 +163,9 @@ def _detect_ending(folder: Path) -> str:
     return ending
 
 
-def _case_files(folder: Path, ending: str) -> dict[str, Path]:
+def case_files(folder: str | os.PathLike, ending: str) -> dict[str, Path]:
+    """``{case: file}`` for the ``<case><ending>`` files of ``folder`` (sorted; metadata JSON files left out)."""
+    folder = Path(folder)
     return {
         f.name[: -len(ending)]: f
         for f in sorted(folder.iterdir())
@@ -189,10 +193,10 @@ def find_cases(
         ds = load_dataset_json(gt)
         file_ending = ds.get("file_ending") if ds else None
         file_ending = file_ending or _detect_ending(gt)
-    gt_files = _case_files(gt, file_ending)
+    gt_files = case_files(gt, file_ending)
     if not gt_files:
         raise ValueError(f"{gt}: no ground-truth files ending in {file_ending!r}")
-    pred_files = _case_files(pred, file_ending)
+    pred_files = case_files(pred, file_ending)
     missing = [str(pred / f"{c}{file_ending}") for c in gt_files if c not in pred_files]
     if missing:
         raise ValueError(
@@ -209,7 +213,7 @@ def find_cases(
         inst = Path(gt_instances_dir)
         if not inst.is_dir():
             raise FileNotFoundError(f"ground-truth instance folder not found: {inst}")
-        inst_files = _case_files(inst, _detect_ending(inst))
+        inst_files = case_files(inst, _detect_ending(inst))
         lacking = [c for c in gt_files if c not in inst_files]
         if lacking:
             raise ValueError(f"{inst}: no instance label file for case(s) {lacking[:10]}")
@@ -224,6 +228,18 @@ def _reader(ending: str, example: str):
     return determine_reader_writer_from_file_ending(ending, example, allow_nonmatching_filename=True, verbose=False)()
 
 
+def _ending(path: Path) -> str:
+    return next((e for e in SUPPORTED_FILE_ENDINGS if path.name.endswith(e)), path.suffix)
+
+
+def _drop_2d_axis(arr: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
+    """(C, 1, H, W) -> (C, H, W) for nnU-Net's 2D convention: a dummy first spatial axis whose spacing is the
+    placeholder 999 * max(in-plane spacing); anything else (a real one-slice volume too) is returned unchanged."""
+    if arr.ndim == 4 and arr.shape[1] == 1 and math.isclose(spacing[0], 999 * max(spacing[1:])):
+        return arr[:, 0], spacing[1:]
+    return arr, spacing
+
+
 def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ...]]:
     """Read a label/segmentation file with nnU-Net's reader for its ending.
 
@@ -233,19 +249,32 @@ def read_label_map(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, ..
     images carry no spacing and get 1.
     """
     p = Path(path)
-    ending = next((e for e in SUPPORTED_FILE_ENDINGS if p.name.endswith(e)), p.suffix)
     try:
-        seg, props = _reader(ending, str(p)).read_seg(str(p))
+        seg, props = _reader(_ending(p), str(p)).read_seg(str(p))
     except Exception as err:  # any reader failure becomes a clear per-file error
         raise ValueError(f"{p}: could not read label file ({type(err).__name__}: {err})") from err
-    arr = np.asarray(seg)[0]  # drop nnU-Net's channel axis: (1, *spatial) -> (*spatial)
-    spacing = tuple(float(s) for s in props["spacing"])
-    # nnU-Net's 2D convention: (1, H, W) with a placeholder spacing of 999 * max(in-plane spacing) for the dummy axis
-    if arr.ndim == 3 and arr.shape[0] == 1 and math.isclose(spacing[0], 999 * max(spacing[1:])):
-        arr, spacing = arr[0], spacing[1:]
+    arr, spacing = _drop_2d_axis(np.asarray(seg), tuple(float(s) for s in props["spacing"]))
+    arr = arr[0]  # drop nnU-Net's channel axis: (1, *spatial) -> (*spatial)
     if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)) or (arr.size and arr.min() < 0):
         raise ValueError(f"{p}: expected non-negative integer labels")
     return arr.astype(np.int64), spacing
+
+
+def read_image(channel_files: Sequence[str | os.PathLike]) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Read one case's image, one file per channel (``<case>_0000<ending>``, ...), with nnU-Net's reader.
+
+    Returns ``(image, spacing)``: float32 ``(C, *spatial)`` and the spacing per spatial axis, with the same 2D rule
+    as :func:`read_label_map` (an RGB PNG is one file holding 3 channels).
+    """
+    files = [str(f) for f in channel_files]
+    if not files:
+        raise ValueError("read_image needs at least one channel file")
+    try:
+        img, props = _reader(_ending(Path(files[0])), files[0]).read_images(files)
+    except Exception as err:  # any reader failure becomes a clear error naming the files
+        raise ValueError(f"{files}: could not read image ({type(err).__name__}: {err})") from err
+    arr, spacing = _drop_2d_axis(np.asarray(img), tuple(float(s) for s in props["spacing"]))
+    return arr, spacing
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -281,19 +281,19 @@ class ViewerData:
             methods: methods to load (default: every sub-folder of ``results_dir`` with a ``predictions`` folder).
             cases: case names (default: every case in ``labelsTs`` that has a prediction of some loaded method).
             max_cases: load at most this many cases (sorted by name).
-        Files are read with nnU-Net's own reader for the dataset's ``file_ending``; a 3D array with one slice
-        (how nnU-Net represents 2D images) becomes a 2D case.
+        Files are read with :func:`xlstm_unet.evaluation.read_image` and :func:`~xlstm_unet.evaluation.read_label_map`
+        (nnU-Net's reader for the dataset's ``file_ending``), so a case is 2D exactly when the evaluator scores it
+        as 2D (nnU-Net's dummy axis with its placeholder spacing).
         """
-        from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+        from xlstm_unet.evaluation import case_files, load_dataset_json, read_image, read_label_map
 
         results_dir, raw_dir = Path(results_dir), Path(raw_dataset_dir)
-        ds_json_path = raw_dir / "dataset.json"
-        if not ds_json_path.is_file():
-            raise ValueError(f"{ds_json_path}: not found (expected an nnU-Net raw dataset folder)")
-        ds_json = json.loads(ds_json_path.read_text(encoding="utf-8"))
+        ds_json = load_dataset_json(raw_dir)
+        if ds_json is None:
+            raise ValueError(f"{raw_dir / 'dataset.json'}: not found (expected an nnU-Net raw dataset folder)")
         ending = ds_json.get("file_ending")
         if not ending:
-            raise ValueError(f"{ds_json_path}: no 'file_ending'")
+            raise ValueError(f"{raw_dir}: dataset.json has no 'file_ending'")
         if not results_dir.is_dir():
             raise ValueError(f"{results_dir}: results folder not found")
         if methods is None:
@@ -305,11 +305,8 @@ class ViewerData:
         labels_dir = raw_dir / "labelsTs"
         if not labels_dir.is_dir():
             raise ValueError(f"{labels_dir}: not found (ground truth of the test cases)")
-        gt_files = {p.name[: -len(ending)]: p for p in sorted(labels_dir.glob(f"*{ending}"))}
-        pred_files = {
-            m: {p.name[: -len(ending)]: p for p in prediction_dir(results_dir / m).glob(f"*{ending}")}
-            for m in methods
-        }
+        gt_files = case_files(labels_dir, ending)
+        pred_files = {m: case_files(prediction_dir(results_dir / m), ending) for m in methods}
         if cases is None:
             with_pred = set().union(*(set(v) for v in pred_files.values())) if pred_files else set(gt_files)
             cases = sorted(c for c in gt_files if c in with_pred)
@@ -320,28 +317,15 @@ class ViewerData:
         cases = list(cases)[: max_cases if max_cases is not None else None]
         if not cases:
             raise ValueError(f"{results_dir}: no test case with both ground truth and a prediction")
-        example = str(gt_files[cases[0]])
-        rw = determine_reader_writer_from_dataset_json(ds_json, example, verbose=False)()
         channel_names = [str(v) for _, v in sorted(ds_json.get("channel_names", {}).items(), key=lambda kv: int(kv[0]))]
         out = []
         for case in cases:
             img_files = sorted((raw_dir / "imagesTs").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"))
             if not img_files:
                 raise ValueError(f"{raw_dir / 'imagesTs'}: no image files {case}_XXXX{ending}")
-            img, props = rw.read_images([str(f) for f in img_files])  # (C, *spatial3)
-            gt, _ = rw.read_seg(str(gt_files[case]))  # (1, *spatial3)
-            preds = {}
-            for m in methods:
-                if case in pred_files[m]:
-                    preds[m] = rw.read_seg(str(pred_files[m][case]))[0][0]
-            spacing = tuple(float(s) for s in props.get("spacing", (1.0,) * 3))
-            gt = gt[0]
-            if gt.ndim == 3 and gt.shape[0] == 1:  # nnU-Net's (1, H, W) form of a 2D image
-                img, gt = img[:, 0], gt[0]
-                preds = {m: p[0] for m, p in preds.items()}
-                spacing = spacing[1:]
-            out.append(CaseData(case, img, gt.astype(np.int64),
-                                {m: p.astype(np.int64) for m, p in preds.items()}, spacing))
+            img, spacing = read_image(img_files)  # (C, *spatial)
+            preds = {m: read_label_map(pred_files[m][case])[0] for m in methods if case in pred_files[m]}
+            out.append(CaseData(case, img, read_label_map(gt_files[case])[0], preds, spacing))
         labels = {}
         for name, val in ds_json.get("labels", {}).items():
             if isinstance(val, int):
