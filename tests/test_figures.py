@@ -268,3 +268,20 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
         os.umask(old)
     for p in paths.values():
         assert p.stat().st_mode & 0o777 == 0o644, oct(p.stat().st_mode)  # not mkstemp's 0600
+
+
+def test_atomic_write_replaces_on_success_and_leaves_the_old_file_on_error(tmp_path):
+    from xlstm_unet._io import atomic_write
+
+    dest = tmp_path / "r.json"
+    dest.write_text("old")
+    with pytest.raises(RuntimeError, match="writer failed"):
+        with atomic_write(dest) as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".r.json.")
+            tmp.write_text("half")
+            raise RuntimeError("writer failed")
+    assert dest.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    with atomic_write(dest, suffix=".png") as tmp:
+        assert tmp.suffix == ".png"
+        tmp.write_text("new")
+    assert dest.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]

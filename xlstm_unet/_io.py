@@ -1,12 +1,14 @@
-"""Temporary files for atomic writes (write next to the destination, then ``os.replace``)."""
+"""Atomic file writes: write a temporary file next to the destination, then ``os.replace`` it into place."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["temp_file_beside"]
+__all__ = ["atomic_write", "temp_file_beside"]
 
 
 def _default_file_mode() -> int:
@@ -26,3 +28,24 @@ def temp_file_beside(final: str | os.PathLike, suffix: str = "") -> tuple[int, s
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=final.parent)
     os.fchmod(fd, _default_file_mode())
     return fd, tmp
+
+
+@contextlib.contextmanager
+def atomic_write(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Write ``final`` all at once or not at all: yields an empty temporary file's path beside it.
+
+    When the block finishes, the temporary file replaces ``final`` (``os.replace``); when it raises, the temporary
+    file is removed and ``final`` is left as it was. The folder must exist. ``suffix`` ends the temporary name
+    (for writers that pick a format from it). Nest two blocks to replace two files only when both are written::
+
+        with atomic_write(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    """
+    fd, name = temp_file_beside(final, suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -54,7 +54,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from xlstm_unet._io import temp_file_beside
+from xlstm_unet._io import atomic_write
 from xlstm_unet.pause import PAUSED_EXIT_CODE, TIME_LIMIT_ENV, ExperimentPaused, format_duration, parse_duration
 
 __all__ = [
@@ -271,10 +271,8 @@ def run_experiment(cfg: BatchConfig, exp: Experiment, force: bool = False, progr
                          time.perf_counter() - t0)
     payload = {**_marker_payload(exp), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "seconds": round(time.perf_counter() - t0, 2)}
-    fd, tmp = temp_file_beside(marker)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, marker)
+    with atomic_write(marker) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return RunResult(exp.name, Status.OK, output_notebook=out_nb, seconds=time.perf_counter() - t0)
 
 

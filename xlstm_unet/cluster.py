@@ -44,7 +44,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from xlstm_unet._io import temp_file_beside
+from xlstm_unet._io import atomic_write
 from xlstm_unet.batch import (BatchConfig, Experiment, RunResult, Status, _error_line, is_done,
                               run_experiment)
 from xlstm_unet.folds import run_dir_name
@@ -177,12 +177,10 @@ def read_job_table(cfg: BatchConfig) -> dict[str, dict[str, str]]:
 def _write_job_table(cfg: BatchConfig, rows: Mapping[str, Mapping[str, Any]]) -> None:
     path = cfg.output_dir / "jobs.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(path)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(JOB_TABLE_COLUMNS), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows.values())
-    os.replace(tmp, path)
 
 
 def _children(pid: int) -> list[int]:

@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from xlstm_unet._io import temp_file_beside
+from xlstm_unet._io import atomic_write
 from xlstm_unet import metrics as M
 
 __all__ = [
@@ -611,21 +611,10 @@ def write_results(per_case: pd.DataFrame, summary: Mapping[str, Any], out_dir: s
     into place only when both are complete."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for name, write in (
-            ("per_case.csv", lambda f: per_case.to_csv(f, index=False)),
-            ("summary.json", lambda f: f.write(json.dumps(summary, indent=2, allow_nan=False) + "\n")),
-        ):
-            fd, tmp = temp_file_beside(out / name, suffix=".tmp")
-            temps.append((Path(tmp), out / name))
-            with os.fdopen(fd, "w", newline="") as f:
-                write(f)
-        for tmp, final in temps:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
+    with atomic_write(out / "per_case.csv", suffix=".tmp") as csv, atomic_write(out / "summary.json",
+                                                                               suffix=".tmp") as js:
+        per_case.to_csv(csv, index=False)
+        js.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def evaluate_folder(

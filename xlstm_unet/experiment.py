@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import time
@@ -45,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from xlstm_unet._io import temp_file_beside
+from xlstm_unet._io import atomic_write
 from xlstm_unet.folds import fold_table, run_dir_name
 from xlstm_unet.pause import ExperimentPaused, pause_handling, pause_reason
 from xlstm_unet.paths import REPO_ROOT
@@ -168,11 +167,8 @@ def _copy_curves(fold_dir: Path, out_dir: Path) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = temp_file_beside(path)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def aggregate_seeds(method_dir: Path, seeds: Sequence[int], folds: Sequence[int | str] | None = None) -> dict:
@@ -212,10 +208,8 @@ def aggregate_seeds(method_dir: Path, seeds: Sequence[int], folds: Sequence[int 
             summary["per_fold"][col] = {"means": fold_means, "fold_std": float(np.std(fold_means))}
     first = json.loads((method_dir / run_dir_name(seeds[0], runs[0][0]) / "summary.json").read_text())
     summary.update({k: v for k, v in first.items() if k not in ("metrics", "n_cases")})
-    fd, tmp = temp_file_beside(method_dir / "per_case.csv")
-    with os.fdopen(fd, "w") as fh:
-        mean.to_csv(fh, index=False)
-    os.replace(tmp, method_dir / "per_case.csv")
+    with atomic_write(method_dir / "per_case.csv") as tmp:
+        mean.to_csv(tmp, index=False)
     _write_json(method_dir / "summary.json", summary)
     return summary
 
@@ -324,10 +318,8 @@ def run_experiment(dataset: str, methods: Sequence[str], *, source: str | Path |
                     res.summaries[m] = aggregate_seeds(results / m, method_seeds[m][:k + 1], fold_list)
         if fold_list:
             table = fold_table(results, methods)
-            fd, tmp = temp_file_beside(results / "folds.csv")
-            with os.fdopen(fd, "w") as fh:
-                table.to_csv(fh, index=False)
-            os.replace(tmp, results / "folds.csv")
+            with atomic_write(results / "folds.csv") as tmp:
+                table.to_csv(tmp, index=False)
         return res
 
 

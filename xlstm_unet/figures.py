@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from xlstm_unet import paper_results
-from xlstm_unet._io import temp_file_beside
+from xlstm_unet._io import atomic_write
 from xlstm_unet.colors import label_colormap, label_colors, normalize_intensity, overlay_labels
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,14 +82,8 @@ NOT_IN_PAPER = "—"
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def load_per_case(results_roots: str | os.PathLike | Sequence[str | os.PathLike]) -> pd.DataFrame:
@@ -409,14 +403,8 @@ def save_figure(fig: Figure, stem: Path, dpi: int) -> dict[str, Path]:
     out = {}
     for ext in ("png", "pdf"):
         final = stem.with_suffix(f".{ext}")
-        fd, tmp = temp_file_beside(final, suffix=f".{ext}")
-        os.close(fd)
-        try:
+        with atomic_write(final, suffix=f".{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         out[ext] = final
     return out
 

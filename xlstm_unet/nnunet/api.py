@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from xlstm_unet._io import temp_file_beside
+from xlstm_unet._io import atomic_write
 from xlstm_unet.nnunet.env import apply_env
 from xlstm_unet.nnunet.methods import PLANNERS, get_method
 from xlstm_unet.nnunet.plans import add_configuration, parse_configuration
@@ -152,10 +152,8 @@ def write_splits(dataset: int | str, *, overwrite: bool = False) -> Path | None:
                         out, split_file)
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(out)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(splits, fh, indent=2)
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        tmp.write_text(json.dumps(splits, indent=2))
     return out
 
 

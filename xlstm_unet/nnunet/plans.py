@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xlstm_unet._io import temp_file_beside
+from xlstm_unet._io import atomic_write
 
 __all__ = ["ConfigurationOverride", "parse_configuration", "add_configuration", "PLANNER_CLASSES"]
 
@@ -166,10 +166,8 @@ def add_configuration(dataset_id: int, plans_file: str | os.PathLike, override: 
     config["xlstm_unet_override"] = {"base": override.base, "patch_size": planned["patch_size"],
                                      "spacing": planned["spacing"]}
     plans["configurations"][override.name] = config
-    fd, tmp = temp_file_beside(plans_file)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(plans, fh, indent=4)
-    os.replace(tmp, plans_file)
+    with atomic_write(plans_file) as tmp:
+        tmp.write_text(json.dumps(plans, indent=4))
     log.info("%s: added configuration %s (patch %s, spacing %s, batch %s)", plans_file, override.name,
              planned["patch_size"], planned["spacing"], planned["batch_size"])
     return True

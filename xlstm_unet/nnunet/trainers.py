@@ -56,6 +56,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
+from xlstm_unet._io import atomic_write
 from xlstm_unet.benchmarking import peak_memory_mb
 from xlstm_unet.nnunet.recipes import Recipe, build_optimizer, resolve_recipe
 from xlstm_unet.pause import PAUSED_EXIT_CODE, pause_handling, pause_reason
@@ -349,18 +350,17 @@ class nnUNetTrainerRecipe(nnUNetTrainer):
         latest = os.path.join(self.output_folder, "checkpoint_latest.pth")
         if self.local_rank != 0 or self.disable_checkpointing:
             return latest
-        tmp = f"{latest}.{os.getpid()}.tmp"
         current = self.current_epoch
         self.current_epoch = epoch - 1  # nnU-Net records current_epoch + 1, the epoch to resume at
-        try:
-            self.save_checkpoint(tmp)
-        finally:
-            self.current_epoch = current
-        if extra is not None:
-            ckpt = torch.load(tmp, map_location="cpu", weights_only=False)
-            ckpt[PARTIAL_EPOCH_KEY] = extra
-            torch.save(ckpt, tmp)
-        os.replace(tmp, latest)
+        with atomic_write(latest, suffix=".tmp") as tmp:
+            try:
+                self.save_checkpoint(str(tmp))
+            finally:
+                self.current_epoch = current
+            if extra is not None:
+                ckpt = torch.load(tmp, map_location="cpu", weights_only=False)
+                ckpt[PARTIAL_EPOCH_KEY] = extra
+                torch.save(ckpt, tmp)
         return latest
 
     def _pause_mid_epoch(self, reason: str) -> None:
