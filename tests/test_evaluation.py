@@ -467,3 +467,9 @@ def test_generic_on_real_mri_uses_header_spacing(pgbm_dir, tmp_path):
     assert df.loc["z", "hd95_tumour"] == pytest.approx(sp_zyx[0], rel=1e-3)
     assert df.loc["x", "hd95_tumour"] == pytest.approx(sp_zyx[2], rel=1e-3)
     assert df.loc["x", "nsd_tumour"] == 1.0 and df.loc["z", "nsd_tumour"] < 1.0
+
+
+def test_evaluation_protocols_are_the_converters_protocols():
+    from xlstm_unet.datasets import Protocol
+
+    assert E.PROTOCOLS == tuple(p.value for p in Protocol)

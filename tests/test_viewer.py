@@ -14,7 +14,7 @@ import pytest
 
 from xlstm_unet.colors import label_colors
 from xlstm_unet.paths import REPO_ROOT
-from xlstm_unet.viewer import CaseData, SliceViewer, ViewAxis, ViewerData, case_dice, demo_data
+from xlstm_unet.viewer import ViewerCase, SliceViewer, ViewAxis, ViewerData, case_dice, demo_data
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "viewer_demo.ipynb"
 
@@ -150,9 +150,9 @@ def test_case_dice_matches_numpy() -> None:
 
 def test_bad_input_errors() -> None:
     with pytest.raises(ValueError, match="prediction shape"):
-        CaseData("x", np.zeros((4, 4)), np.zeros((4, 4), int), {"m": np.zeros((4, 5), int)})
+        ViewerCase("x", np.zeros((4, 4)), np.zeros((4, 4), int), {"m": np.zeros((4, 5), int)})
     with pytest.raises(ValueError, match="image must be"):
-        CaseData("x", np.zeros((2, 4, 5)), np.zeros((4, 4), int))
+        ViewerCase("x", np.zeros((2, 4, 5)), np.zeros((4, 4), int))
     with pytest.raises(ValueError, match="same cases"):
         ViewerData.from_arrays({"a": np.zeros((4, 4))}, {"b": np.zeros((4, 4), int)})
     data = demo_data("2d", num_cases=1, size=16)

@@ -64,7 +64,7 @@ __all__ = [
     "RunResult",
     "load_config",
     "is_done",
-    "run_experiment",
+    "run_notebook",
     "run_all",
     "format_summary",
     "register",
@@ -230,9 +230,9 @@ def _error_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
-def run_experiment(cfg: BatchConfig, exp: Experiment, force: bool = False, progress_bar: bool = False,
-                   log_output: bool = False, time_limit: float | None = None) -> RunResult:
-    """Run one experiment unless it is done (or ``force``); never raises for a failing notebook.
+def run_notebook(cfg: BatchConfig, exp: Experiment, force: bool = False, progress_bar: bool = False,
+                 log_output: bool = False, time_limit: float | None = None) -> RunResult:
+    """Run one experiment's notebook unless it is done (or ``force``); never raises for a failing notebook.
     ``log_output`` streams the notebook's output (training epochs, progress bars) to this process's log;
     ``time_limit`` (seconds) reaches the notebook's trainings as ``XLSTM_UNET_TIME_LIMIT``."""
     import papermill as pm
@@ -313,8 +313,8 @@ def run_all(cfg: BatchConfig | str | os.PathLike, force: bool = False, only: Seq
         if left is not None and left < 1 and (force or not is_done(cfg, exp)):
             res = RunResult(exp.name, Status.PAUSED, f"not started: time limit {format_duration(limit)} reached")
         else:
-            res = run_experiment(cfg, exp, force=force, progress_bar=progress_bar, log_output=log_output,
-                                 time_limit=left)
+            res = run_notebook(cfg, exp, force=force, progress_bar=progress_bar, log_output=log_output,
+                               time_limit=left)
         log.info("%s: %s %s", res.name, res.status.value, res.error)
         results.append(res)
     return results

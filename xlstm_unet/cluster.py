@@ -46,7 +46,7 @@ from typing import Any
 
 from xlstm_unet._io import atomic_write
 from xlstm_unet.batch import (BatchConfig, Experiment, RunResult, Status, _error_line, is_done,
-                              run_experiment)
+                              run_notebook)
 from xlstm_unet.folds import run_dir_name
 from xlstm_unet.pause import PAUSE_SIGNALS, parse_duration
 
@@ -214,7 +214,7 @@ def _job_main(spec: JobSpec, force: bool, time_limit: float | None) -> RunResult
     """What a job runs: the notebook, its output streamed to the job's log, pause signals passed to the kernel."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with forwarding_signals():
-        return run_experiment(spec.cfg, spec.run, force=force, log_output=True, time_limit=time_limit)
+        return run_notebook(spec.cfg, spec.run, force=force, log_output=True, time_limit=time_limit)
 
 
 def _make_executor(kind: Executor, folder: Path, slurm: Mapping[str, Any], name: str):

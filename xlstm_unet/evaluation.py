@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -54,7 +54,7 @@ from xlstm_unet import metrics as M
 
 __all__ = [
     "PROTOCOLS",
-    "Protocol",
+    "EvalProtocol",
     "ABDOMEN_NSD_TOLERANCE_MM",
     "ABDOMEN_ZRANGE_ORGANS",
     "SUPPORTED_FILE_ENDINGS",
@@ -72,8 +72,9 @@ __all__ = [
     "register",
 ]
 
-PROTOCOLS: tuple[str, ...] = ("generic", "abdomen", "endoscopy", "cells", "brats")
-Protocol = Literal["generic", "abdomen", "endoscopy", "cells", "brats"]
+#: The evaluation protocols (the values of :class:`xlstm_unet.datasets.Protocol`, which converters record).
+EvalProtocol = Literal["generic", "abdomen", "endoscopy", "cells", "brats"]
+PROTOCOLS: tuple[str, ...] = get_args(EvalProtocol)
 
 #: NSD tolerance in mm per abdominal organ (official FLARE / U-Mamba abdomen MRI evaluation).
 ABDOMEN_NSD_TOLERANCE_MM: dict[str, float] = {
@@ -463,7 +464,7 @@ def _conventions(s: _Settings, regions_given: bool) -> dict[str, Any]:
 def score_folder(
     pred_dir: str | os.PathLike,
     gt_dir: str | os.PathLike,
-    protocol: Protocol = "generic",
+    protocol: EvalProtocol = "generic",
     *,
     labels: Mapping[str, int | Sequence[int]] | None = None,
     gt_instances_dir: str | os.PathLike | None = None,
@@ -620,7 +621,7 @@ def write_results(per_case: pd.DataFrame, summary: Mapping[str, Any], out_dir: s
 def evaluate_folder(
     pred_dir: str | os.PathLike,
     gt_dir: str | os.PathLike,
-    protocol: Protocol = "generic",
+    protocol: EvalProtocol = "generic",
     out_dir: str | os.PathLike | None = None,
     *,
     labels: Mapping[str, int | Sequence[int]] | None = None,

@@ -41,7 +41,7 @@ from xlstm_unet.colors import label_colors, normalize_intensity, overlay_labels
 
 __all__ = [
     "ViewAxis",
-    "CaseData",
+    "ViewerCase",
     "SliceView",
     "ViewerData",
     "SliceViewer",
@@ -90,7 +90,7 @@ def case_dice(pred: np.ndarray, gt: np.ndarray, labels: Sequence[int] | None = N
 
 
 @dataclass(frozen=True)
-class CaseData:
+class ViewerCase:
     """One case: the image, its ground truth and each method's prediction.
 
     Attributes:
@@ -188,7 +188,7 @@ class ViewerData:
 
     def __init__(
         self,
-        cases: Sequence[CaseData],
+        cases: Sequence[ViewerCase],
         labels: Mapping[int, str] | None = None,
         channel_names: Sequence[str] | None = None,
         source: str = "",
@@ -251,7 +251,7 @@ class ViewerData:
             if extra:
                 raise ValueError(f"method {method!r} has predictions for unknown cases {sorted(extra)}")
         cases = [
-            CaseData(
+            ViewerCase(
                 name=name,
                 image=images[name],
                 gt=ground_truth[name],
@@ -325,7 +325,7 @@ class ViewerData:
                 raise ValueError(f"{raw_dir / 'imagesTs'}: no image files {case}_XXXX{ending}")
             img, spacing = read_image(img_files)  # (C, *spatial)
             preds = {m: read_label_map(pred_files[m][case])[0] for m in methods if case in pred_files[m]}
-            out.append(CaseData(case, img, read_label_map(gt_files[case])[0], preds, spacing))
+            out.append(ViewerCase(case, img, read_label_map(gt_files[case])[0], preds, spacing))
         labels = {}
         for name, val in ds_json.get("labels", {}).items():
             if isinstance(val, int):
@@ -340,7 +340,7 @@ class ViewerData:
     def case_names(self) -> list[str]:
         return list(self._cases)
 
-    def case(self, name: str) -> CaseData:
+    def case(self, name: str) -> ViewerCase:
         if name not in self._cases:
             raise ValueError(f"unknown case {name!r}; expected one of {self.case_names}")
         return self._cases[name]
