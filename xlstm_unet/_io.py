@@ -7,8 +7,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["atomic_write", "temp_file_beside"]
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+__all__ = ["atomic_write", "save_figure", "temp_file_beside"]
 
 
 def _default_file_mode() -> int:
@@ -49,3 +53,15 @@ def atomic_write(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig: Figure, stem: Path, dpi: int) -> dict[str, Path]:
+    """Write ``fig`` to ``<stem>.png`` and ``<stem>.pdf`` atomically (temp file, then rename)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for ext in ("png", "pdf"):
+        final = stem.with_suffix(f".{ext}")
+        with atomic_write(final, suffix=f".{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
+        out[ext] = final
+    return out
