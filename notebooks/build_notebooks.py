@@ -1,12 +1,15 @@
-"""Write the experiment notebooks from one template (run: ``.venv/bin/python notebooks/build_notebooks.py``).
+"""Write every notebook of ``notebooks/`` (run: ``.venv/bin/python notebooks/build_notebooks.py [--out DIR]``).
 
-The notebooks are thin: a ``parameters`` cell (one ``name: type = default  # help`` per line, so
-``papermill --help-notebook`` documents them), a call to :func:`xlstm_unet.experiment.run_experiment`, a results
-table in the paper's format and a Fig. 2 panel. Edit this file, not the generated notebooks, and re-run it.
+The experiment notebooks come from one template and are thin: a ``parameters`` cell (one ``name: type = default
+# help`` per line, so ``papermill --help-notebook`` documents them), a call to
+:func:`xlstm_unet.experiment.run_experiment`, a results table in the paper's format and a Fig. 2 panel; the report
+notebooks and the slice viewer demo follow the same form. Edit this file, not the generated notebooks, and re-run
+it (a test checks that the committed notebooks are what it writes).
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import nbformat
@@ -215,7 +218,39 @@ def efficiency_notebook():
     ])
 
 
-def main() -> None:
+def viewer_notebook():
+    return _nb([
+        new_markdown_cell(
+            "# Slice viewer: compare methods side by side\n\n"
+            "Image | ground truth | each method, with coloured overlays (the same colour per class as in every figure), "
+            "a case\nselector, a slice slider with axis choice for 3D cases, method toggles, overlay opacity and channel "
+            "choice. The\ntitle and each panel show the Dice of the shown case per method.\n\n"
+            "With `results_dir` empty this notebook shows a **synthetic demo** (`xlstm_unet.viewer.demo_data`): "
+            "generated blobs\nand deliberately corrupted copies as \"methods\" — not real data and not real "
+            "predictions. Point `results_dir` at\n`<results>/<DatasetName>` and `raw_dataset_dir` at "
+            "`<nnUNet_raw>/<DatasetName>` to compare real predictions."),
+        new_code_cell(
+            'results_dir: str = ""  # <results>/<DatasetName> with <method>/predictions/; empty = synthetic demo\n'
+            'raw_dataset_dir: str = ""  # <nnUNet_raw>/<DatasetName> with dataset.json, imagesTs/, labelsTs/\n'
+            "methods: list = []  # methods to load; empty = all found\n"
+            "max_cases: int = 20  # load at most this many test cases\n"
+            'demo_kind: str = "3d"  # synthetic demo only: "2d" or "3d"\n'
+            "opacity: float = 0.5  # initial overlay opacity",
+            metadata={"tags": ["parameters"]}),
+        new_code_cell(
+            "from xlstm_unet.viewer import SliceViewer, ViewerData, demo_data\n\n"
+            "if results_dir:\n"
+            "    data = ViewerData.from_results(results_dir, raw_dataset_dir, methods=methods or None, "
+            "max_cases=max_cases)\n"
+            "else:\n"
+            "    data = demo_data(demo_kind)\n"
+            'print(f"{data.source}: {len(data.case_names)} cases, methods {data.methods}")'),
+        new_code_cell("viewer = SliceViewer(data, opacity=opacity)\nviewer"),
+    ])
+
+
+def notebooks() -> dict:
+    """Every notebook, by file stem, with stable cell ids (a rebuild changes only what the template changes)."""
     nbs = {"00_quickstart": experiment_notebook(
         "Quickstart: xLSTM-UNet vs nnU-Net, end to end",
         "One small experiment on the built-in 2D phantom: xLSTM-UNet **Bot**, **Enc** and the **nnU-Net** default "
@@ -231,10 +266,20 @@ def main() -> None:
             paper=name.startswith("2"))
     nbs["30_results_tables"] = results_tables_notebook()
     nbs["31_efficiency_report"] = efficiency_notebook()
+    nbs["viewer_demo"] = viewer_notebook()
     for name, nb in nbs.items():
         for i, cell in enumerate(nb.cells):
-            cell.id = f"{name[:20]}-{i:02d}"  # stable ids: a rebuild changes only what the template changes
-        nbformat.write(nb, HERE / f"{name}.ipynb")
+            cell.id = f"{name[:20]}-{i:02d}"
+    return nbs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="folder to write the notebooks to (default: here)")
+    out = parser.parse_args(argv).out
+    out.mkdir(parents=True, exist_ok=True)
+    for name, nb in notebooks().items():
+        nbformat.write(nb, out / f"{name}.ipynb")
 
 
 if __name__ == "__main__":

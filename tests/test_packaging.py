@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -110,6 +112,18 @@ def test_no_commit_hashes_or_test_counts_in_docs_and_comments():
         assert not _SHA.search(text), f"{path}: commit hash {_SHA.search(text).group()!r}"
         assert not _TEST_COUNT.search(text), f"{path}: test count {_TEST_COUNT.search(text).group()!r}"
     assert _SHA.search("landed at 8bc9857 today") and _TEST_COUNT.search("332 passed")  # the patterns work
+
+
+def test_committed_notebooks_are_what_build_notebooks_writes(tmp_path: Path):
+    spec = importlib.util.spec_from_file_location("build_notebooks", REPO_ROOT / "notebooks" / "build_notebooks.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    builder.main(["--out", str(tmp_path)])
+    built = sorted(p.name for p in tmp_path.glob("*.ipynb"))
+    assert built == [p.name for p in NOTEBOOKS], "every committed notebook is generated, none is hand-written"
+    for name in built:
+        assert json.loads((tmp_path / name).read_text()) == json.loads((REPO_ROOT / "notebooks" / name).read_text()), \
+            f"notebooks/{name} differs from what notebooks/build_notebooks.py writes: edit the builder and re-run it"
 
 
 # ------------------------------------------------------------------------------------------------------------
