@@ -229,3 +229,9 @@ def test_no_import_cycle_between_xlstm_unet_modules():
     assert len(graph) > 20 and "xlstm_unet.colors" in graph["xlstm_unet.viewer"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_modules_stay_under_600_lines():
+    long = {str(p.relative_to(REPO_ROOT)): n for p in sorted((REPO_ROOT / "xlstm_unet").rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 600}
+    assert not long, f"modules over 600 lines (split them along a seam): {long}"
