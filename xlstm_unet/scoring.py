@@ -126,16 +126,14 @@ def scoring_settings(
     *,
     gt_dir: str | os.PathLike,
     has_instances: bool,
-    regions: Mapping[str, Sequence[int]] | None = None,
-    spacing: float | Sequence[float] | None = None,
-    nsd_tolerance_mm: float = 2.0,
-    brats_both_empty: Literal["segmamba", "perfect"] = "segmamba",
-    abdomen_zrange: Literal["inclusive", "official"] = "inclusive",
-    endoscopy_nsd: Literal["official", "contour"] = "official",
+    regions: Mapping[str, Sequence[int]] | None,
+    **options: Any,
 ) -> ScoringSettings:
     """Resolve what each protocol scores from the label names (``{name: id}`` or region ``{name: [ids]}``, as
-    dataset.json) and the options of :func:`xlstm_unet.evaluation.evaluate_folder`. ``gt_dir`` names the folder in
-    errors; ``has_instances``: the cells protocol has a ground-truth instance folder."""
+    dataset.json) and ``regions``. ``gt_dir`` names the folder in errors; ``has_instances``: the cells protocol has a
+    ground-truth instance folder; ``options``: the other fields of :class:`ScoringSettings` (``spacing``,
+    ``nsd_tolerance_mm``, ``brats_both_empty``, ``abdomen_zrange``, ``endoscopy_nsd``), the options of
+    :func:`xlstm_unet.evaluation.evaluate_folder`."""
     units: list[tuple[str, tuple[int, ...]]] | None = None
     organs: list[tuple[str, int, str | None]] = []
     if protocol == "generic":
@@ -168,11 +166,8 @@ def scoring_settings(
     names = {}
     if label_map is not None:
         names = {ids[0]: _column_name(n) for n, ids in _units_from_labels(label_map) if len(ids) == 1}
-    return ScoringSettings(
-        protocol=protocol, units=None if units is None else tuple(units), organs=tuple(organs), names=names,
-        spacing=spacing, nsd_tolerance_mm=nsd_tolerance_mm, brats_both_empty=brats_both_empty,
-        abdomen_zrange=abdomen_zrange, endoscopy_nsd=endoscopy_nsd, regions_given=regions is not None,
-    )
+    return ScoringSettings(protocol=protocol, units=None if units is None else tuple(units), organs=tuple(organs),
+                           names=names, regions_given=regions is not None, **options)
 
 
 def _score_generic(pred: np.ndarray, gt: np.ndarray, sp: tuple[float, ...], s: ScoringSettings) -> dict[str, float]:
