@@ -50,7 +50,7 @@ def test_variant_names_round_trip():
     name = trainer_variant_name("nnUNetTrainerXLSTMEnc", recipe="official", epochs=5, iterations=10)
     assert name == "nnUNetTrainerXLSTMEnc_official_5ep_10it"
     assert parse_variant_name(name) == {"base": "nnUNetTrainerXLSTMEnc", "recipe": "official", "epochs": 5,
-                                        "iterations": 10, "lr": None}
+                                        "iterations": 10, "lr": None, "batch_size": None, "amp": True, "seed": None}
     cls = trainer_class(name)
     assert cls.__name__ == name and cls.budget_epochs == 5 and cls.budget_iterations == 10
     assert trainer_class(name) is cls
