@@ -208,7 +208,12 @@ def as_predictor_input(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ every row
 
-@pytest.mark.parametrize("row,cls,dim,resenc", ROWS, ids=[f"{r[0]}-{r[2]}d" for r in ROWS])
+SLOW_ROWS = {("segresnet", 3), ("unetr", 3), ("swinunetr", 3), ("swinunetr_v2", 3)}  # over ~3 s on 2 cores
+
+
+@pytest.mark.parametrize("row,cls,dim,resenc",
+                         [pytest.param(*r, marks=pytest.mark.slow) if (r[0], r[2]) in SLOW_ROWS else r for r in ROWS],
+                         ids=[f"{r[0]}-{r[2]}d" for r in ROWS])
 def test_row_builds_trains_and_predicts(row, cls, dim, resenc, nnunet_root):
     check_row_builds_trains_and_predicts(row, cls, dim, resenc)
 
@@ -543,6 +548,7 @@ def test_umamba_and_xlstm_unet_share_the_residual_mixer_base():
 
 # ------------------------------------------------------------------------------------------------ nnU-Net's loop
 
+@pytest.mark.slow
 def test_monai_baseline_runs_nnunets_training_loop_and_predictor(phantom2d_prepared, nnunet_root, tmp_path):
     """A MONAI baseline (deep supervision off) through nnU-Net's whole run: data loaders, on_train_start, one
     epoch, validation, final validation, checkpoint, plans.json; then nnU-Net's predictor on the test images."""

@@ -162,7 +162,8 @@ def test_feature_uncertainty_weights_features_by_the_entropy_of_their_channel_me
 
 # ------------------------------------------------------------------------------------------------ nnU-Net
 
-@pytest.mark.parametrize("cls", [TinyUXNet, TinySegMamba, TinySegFormer3D], ids=IDS)
+@pytest.mark.parametrize("cls", [TinyUXNet, pytest.param(TinySegMamba, marks=pytest.mark.slow), TinySegFormer3D],
+                         ids=IDS)
 def test_trainer_builds_trains_and_predicts_from_plans(cls, nnunet_root):
     check_row_builds_trains_and_predicts(cls.__name__, cls, 3)
 

@@ -44,6 +44,7 @@ def batch(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_run_all_continues_skips_and_forces(batch: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = batch.parent
     # 1) first run through the CLI: the failure is reported, the later experiments still run

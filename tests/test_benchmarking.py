@@ -48,7 +48,7 @@ def test_child_errors_and_deaths_are_reported():
         run_in_child(_die)
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.slow)])
 def test_runs_in_another_process(device):
     # "cuda" spawns a fresh interpreter (whether or not this machine has a GPU: the function uses none)
     pid, value = run_in_child(_pid_and_square, 7, device=device)
@@ -66,6 +66,7 @@ def test_start_method():
     assert start_method("cpu") == ("fork" if sys.platform.startswith("linux") else "spawn")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
 def test_gpu_checks_script_says_it_needs_a_gpu(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_checks.sh"

@@ -122,6 +122,7 @@ def _viewer_state(driver) -> dict:  # noqa: ANN001
     )
 
 
+@pytest.mark.slow
 def test_viewer_in_jupyterlab(lab: tuple[str, str], tmp_path: Path) -> None:
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not chromedriver:

@@ -99,6 +99,7 @@ def test_generic_needs_labels_and_consistent_channels(tmp_path):
         parse_label_map("background")
 
 
+@pytest.mark.slow
 def test_cli_help_lists_every_dataset(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["convert", "--help"])

@@ -27,6 +27,7 @@ def phantom3d_default(tmp_path_factory) -> Path:
     return convert("phantom3d", out_root=tmp_path_factory.mktemp("raw"), progress=False)
 
 
+@pytest.mark.slow
 def test_phantom2d_layout_and_labels(phantom2d_default, monkeypatch, record_property):
     folder, seconds = phantom2d_default
     record_property("phantom2d_default_seconds", round(seconds, 2))

@@ -462,6 +462,7 @@ def test_train_step_benchmark_configs_are_valid(dim, mode):
     assert all(size % t == 0 for size, t in zip(config.size, total))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dim", [3])  # 2D runs end to end below
 def test_train_step_benchmark_worker_runs_every_model(dim):
     """One tiny train step of every model, in this process (the script forks a process for each)."""
@@ -513,6 +514,7 @@ def test_train_step_benchmark_stub_kernel_replaces_and_restores_mlstm():
     assert vil.mlstm is original
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_quick_json_schema():
     # the script end to end, for one model (each model adds a forked process and its train steps)
     proc = subprocess.run(

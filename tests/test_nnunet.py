@@ -75,6 +75,7 @@ def test_recipes_resolve_to_the_paper_table():
         resolve_recipe("adam")
 
 
+@pytest.mark.slow
 def test_env_command_lets_nnunet_find_our_trainers(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     script = (f'eval "$({BIN / "xlstm-unet"} env --data-root {tmp_path})" && {sys.executable} -c '
@@ -97,6 +98,7 @@ def trained_enc(phantom2d_prepared) -> Path:
     return train(phantom2d_prepared, "xlstm_enc", epochs=1, iterations=2, device="cpu", validate=False)
 
 
+@pytest.mark.slow
 def test_python_api_train_and_predict(trained_enc, phantom2d_prepared, nnunet_root, tmp_path):
     assert trained_enc.name == "fold_0"
     assert trained_enc.parent.name == "nnUNetTrainerXLSTMEnc_1ep_2it__nnUNetPlans__2d"
@@ -110,6 +112,7 @@ def test_python_api_train_and_predict(trained_enc, phantom2d_prepared, nnunet_ro
     _check_predictions(out, raw)
 
 
+@pytest.mark.slow
 def test_recipe_is_what_the_trained_trainer_used(phantom2d_prepared, nnunet_root):
     from nnunetv2.run.run_training import get_trainer_from_args
 
@@ -127,6 +130,7 @@ def test_recipe_is_what_the_trained_trainer_used(phantom2d_prepared, nnunet_root
             assert tr.optimizer.param_groups[0]["momentum"] == 0.99 and tr.optimizer.param_groups[0]["nesterov"]
 
 
+@pytest.mark.slow
 def test_checkpointed_enc_trainer_builds_the_enc_network_with_checkpointing(phantom2d_prepared, nnunet_root):
     from nnunetv2.run.run_training import get_trainer_from_args
 
@@ -187,6 +191,7 @@ def test_bidirectional_enc_trainer_pairs_the_vil_blocks_and_trains(phantom2d_pre
     assert sum(g.abs().sum() for g in reversed_grads) > 0
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_epoch(phantom2d_prepared):
     from nnunetv2.run.run_training import get_trainer_from_args
 
@@ -203,6 +208,7 @@ def test_nan_loss_stops_with_the_epoch(phantom2d_prepared):
         tr.train_step({"data": data, "target": target})
 
 
+@pytest.mark.slow
 def test_resume_continues_instead_of_restarting(phantom2d_prepared):
     fold = train(phantom2d_prepared, "xlstm_bot", epochs=2, iterations=1, device="cpu", stop_after_epoch=1)
     assert (fold / "checkpoint_latest.pth").is_file() and not (fold / "checkpoint_final.pth").exists()
@@ -237,6 +243,7 @@ def _cli_env(nnunet_root: Path) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_nnunet_cli_train_and_predict_on_real_kvasir(kvasir_prepared, nnunet_root, tmp_path):
     raw = nnunet_root / "nnUNet_raw" / kvasir_prepared
     env = _cli_env(nnunet_root)

@@ -12,6 +12,8 @@ import pytest
 from xlstm_unet.paths import REPO_ROOT
 
 NB = REPO_ROOT / "notebooks"
+# every test runs a notebook in a fresh kernel under papermill, most of them training: all slow
+pytestmark = pytest.mark.slow
 
 
 def _run(name: str, tmp_path: Path, **params) -> nbformat.NotebookNode:

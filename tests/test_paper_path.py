@@ -73,6 +73,7 @@ def split_dataset(nnunet_root: Path) -> str:
     return raw.name
 
 
+@pytest.mark.slow
 def test_converter_split_is_nnunets_fold_0(split_dataset, nnunet_root):
     from nnunetv2.utilities.crossval_split import generate_crossval_split
 
@@ -90,6 +91,7 @@ def test_converter_split_is_nnunets_fold_0(split_dataset, nnunet_root):
     assert json.loads(out.read_text())[0]["val"] == split["val"]
 
 
+@pytest.mark.slow
 def test_prepare_command_writes_the_split_too(split_dataset, nnunet_root, capsys):
     from xlstm_unet.cli import main
 
@@ -100,10 +102,12 @@ def test_prepare_command_writes_the_split_too(split_dataset, nnunet_root, capsys
     assert capsys.readouterr().out.strip().endswith(split_dataset)
 
 
+@pytest.mark.slow
 def test_no_validation_part_leaves_nnunets_split(phantom2d_prepared):
     assert write_splits(phantom2d_prepared) is None
 
 
+@pytest.mark.slow
 def test_fold_all_trains_on_every_case_and_predicts(phantom2d_prepared, nnunet_root, tmp_path):
     tr, val = _trainer(phantom2d_prepared, "nnUNetTrainerRecipe_1ep_1it", fold="all").do_split()
     raw = nnunet_root / "nnUNet_raw" / phantom2d_prepared
@@ -152,6 +156,7 @@ def test_pinned_patch_spacing_and_batch_reach_trainer_and_predictor(phantom2d_pr
 
 # ----------------------------------------------------------------------------------------------- 3. compile
 
+@pytest.mark.slow
 def test_compile_is_off_unless_asked(phantom2d_prepared, monkeypatch):
     monkeypatch.delenv("nnUNet_compile", raising=False)
     with pytest.warns(UserWarning):  # GradScaler("cuda") warns without CUDA; nothing here touches a GPU
@@ -164,6 +169,7 @@ def test_compile_is_off_unless_asked(phantom2d_prepared, monkeypatch):
 
 # ----------------------------------------------------------------------------------------------- 4. precision
 
+@pytest.mark.slow
 def test_noamp_reaches_grad_scaler_and_autocast(phantom2d_prepared):
     with pytest.warns(UserWarning):
         default = _trainer(phantom2d_prepared, "nnUNetTrainerXLSTMBot_1ep_1it", device="cuda")
@@ -198,6 +204,7 @@ def test_noamp_changes_nothing_on_cpu_and_seeds_reproduce(phantom2d_prepared):
     assert not torch.equal(*inits)
 
 
+@pytest.mark.slow
 def test_training_curve_matches_nnunets_log(phantom2d_prepared):
     fold = model_folder(phantom2d_prepared, "nnunet", epochs=1, iterations=2, seed=0) / "fold_0"
     if not (fold / "checkpoint_final.pth").is_file():

@@ -257,6 +257,7 @@ def test_viewer_notebook_committed_clean() -> None:
         assert c.outputs == [] and c.execution_count is None, "commit the notebook without outputs"
 
 
+@pytest.mark.slow
 def test_viewer_notebook_runs_under_papermill(tmp_path: Path) -> None:
     import papermill as pm
 

@@ -604,6 +604,7 @@ def test_invalid_options_raise():
     assert MLSTMBackend("auto") is MLSTMBackend.AUTO
 
 
+@pytest.mark.slow
 def test_benchmark_quick_json_contract():
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "vil_scaling.py"), "--json", "--quick", "--threads", "1"],
