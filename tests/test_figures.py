@@ -285,3 +285,21 @@ def test_atomic_write_replaces_on_success_and_leaves_the_old_file_on_error(tmp_p
         assert tmp.suffix == ".png"
         tmp.write_text("new")
     assert dest.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_replace_path_swaps_files_and_folders_without_leftovers(tmp_path):
+    from xlstm_unet._io import replace_path
+
+    new, dest = tmp_path / ".new", tmp_path / "out"
+    new.mkdir()
+    (new / "a.txt").write_text("new")
+    replace_path(new, dest)  # no dest yet: a plain rename
+    assert (dest / "a.txt").read_text() == "new" and not new.exists()
+    new.mkdir()
+    (new / "b.txt").write_text("newer")
+    replace_path(new, dest)  # an existing folder is replaced as a whole
+    assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]
+    (tmp_path / ".f").write_text("file")
+    (tmp_path / "g").write_text("old")
+    replace_path(tmp_path / ".f", tmp_path / "g")
+    assert (tmp_path / "g").read_text() == "file" and sorted(p.name for p in tmp_path.iterdir()) == ["g", "out"]

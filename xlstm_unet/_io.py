@@ -1,10 +1,12 @@
-"""Atomic file writes: write a temporary file next to the destination, then ``os.replace`` it into place."""
+"""Atomic writes: write a temporary file (or folder) next to the destination, then move it into place."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["atomic_write", "save_figure", "temp_file_beside"]
+__all__ = ["atomic_write", "replace_path", "save_figure", "temp_file_beside"]
 
 
 def _default_file_mode() -> int:
@@ -53,6 +55,25 @@ def atomic_write(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_path(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move the finished file or folder ``src`` to ``dest`` (same file system), replacing what is there.
+
+    An existing ``dest`` is renamed aside (``.<name>.old-<random>``) before ``src`` takes its place and removed
+    only afterwards, so ``dest`` is always either the old or the new one, never half of each.
+    """
+    src, dest = Path(src), Path(dest)
+    if not dest.exists():
+        src.rename(dest)
+        return
+    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}"
+    dest.rename(old)
+    src.rename(dest)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
 
 
 def save_figure(fig: Figure, stem: Path, dpi: int) -> dict[str, Path]:

@@ -285,12 +285,10 @@ def _fig2(exp_dir: Path, numbers: pd.DataFrame, runs: pd.DataFrame, raw: Path) -
 
 
 def _write(path: Path, text: str) -> None:
-    from xlstm_unet._io import temp_file_beside
+    from xlstm_unet._io import atomic_write
 
-    fd, tmp = temp_file_beside(path)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_report(root: str | os.PathLike, *, reference: str = "xlstm_enc", figures: bool = True,

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from xlstm_unet._io import replace_path
+
 from ._plan import CaseData, CasePlan, DatasetFormatError, DatasetInfo, DatasetPlan, Protocol
 from ._readers import require_dir
 
@@ -286,13 +288,7 @@ def write_dataset(plan: DatasetPlan, out_dir: str | Path, *, overwrite: bool = F
             _write_case(tmp, plan, case, data)
         _dump_json(tmp / "dataset.json", _dataset_json(plan, info, dataset_id))
         _dump_json(tmp / "split.json", _split_json(plan))
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        replace_path(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

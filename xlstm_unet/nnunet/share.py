@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from xlstm_unet._io import temp_file_beside
+from xlstm_unet._io import atomic_write, replace_path
 from xlstm_unet.nnunet.api import _env
 from xlstm_unet.nnunet.env import apply_env
 
@@ -306,12 +306,10 @@ def export_model(model: str | os.PathLike, zip_path: str | os.PathLike, *, folds
         except UnsafeModelError as err:
             log.warning("%s; the importer will refuse this zip unless trusted", err)
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_file_beside(zip_path, suffix=".zip")
-    os.close(fd)
-    try:
+    with atomic_write(zip_path, suffix=".zip") as tmp:
         nnunet_folds = tuple(f if f == "all" else int(f) for f in names)
         with _env(nnUNet_results=str(trainer_dir.parent.parent)), contextlib.redirect_stdout(io.StringIO()) as out:
-            export_pretrained_model(dataset, tmp, configurations=(parts[2],), trainer=parts[0],
+            export_pretrained_model(dataset, str(tmp), configurations=(parts[2],), trainer=parts[0],
                                     plans_identifier=parts[1], folds=nnunet_folds, strict=True)
         log.debug("nnU-Net export: %s", out.getvalue())
         with zipfile.ZipFile(tmp, "a", zipfile.ZIP_DEFLATED) as zf:
@@ -319,10 +317,6 @@ def export_model(model: str | os.PathLike, zip_path: str | os.PathLike, *, folds
                 rc = trainer_dir / f"fold_{f}" / "run_config.json"
                 if rc.is_file():
                     zf.write(rc, f"{dataset}/{trainer_dir.name}/fold_{f}/run_config.json")
-        os.replace(tmp, zip_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     log.info("exported %s (folds %s) to %s", trainer_dir, ", ".join(names), zip_path)
     return zip_path
 
@@ -360,13 +354,7 @@ def import_model(zip_path: str | os.PathLike, *, overwrite: bool = False, trust:
         for rel in entries:
             dest = results / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists():
-                old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:12]}"
-                dest.rename(old)
-                (tmp / rel).rename(dest)
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-            else:
-                (tmp / rel).rename(dest)
+            replace_path(tmp / rel, dest)
             if (dest / "plans.json").is_file():
                 installed.append(dest)
     finally:
