@@ -77,6 +77,7 @@ def test_numbers_match_an_independent_computation(study):
     assert nums.loc["xlstm_enc", "seeds"] == 2
 
 
+@pytest.mark.slow
 def test_tables_command_regenerates_tables_and_readme(study, capsys):
     root, _ = study
     assert main(["tables", str(root), "--no-figures", "--n-boot", "500"]) == 0
