@@ -142,3 +142,32 @@ def test_example_configs_use_the_notebooks_parameter_names(name: str) -> None:
     for exp in cfg.experiments:
         known = set(pm.inspect_notebook(str(exp.notebook)))
         assert set(exp.parameters) <= known, f"{exp.name}: unknown {set(exp.parameters) - known}"
+
+
+@pytest.mark.parametrize(("message", "calls", "status"), [
+    ("Kernel died before replying to kernel_info", 2, Status.OK),  # started again, then ran
+    ("Kernel didn't respond in 60 seconds", 2, Status.OK),
+    ("boom in a cell", 1, Status.FAILED),  # the notebook's own error: never run twice
+])
+def test_a_kernel_that_did_not_start_is_started_again(batch: Path, monkeypatch: pytest.MonkeyPatch, message: str,
+                                                      calls: int, status: Status) -> None:
+    import papermill as pm
+
+    import xlstm_unet.batch as batch_mod
+
+    seen = []
+
+    def flaky(src, out, **kw):  # fails the first call, then does what the notebook would
+        seen.append(src)
+        if len(seen) == 1:
+            raise RuntimeError(message)
+        (batch.parent / "out_a.txt").write_text("a\n")
+        Path(out).write_text("{}")
+
+    monkeypatch.setattr(pm, "execute_notebook", flaky)
+    monkeypatch.setattr(batch_mod.time, "sleep", lambda s: None)
+    cfg = load_config(batch)
+    exp = next(e for e in cfg.experiments if e.name == "a")
+    res = batch_mod.run_notebook(cfg, exp)
+    assert (len(seen), res.status) == (calls, status)
+    assert (status is Status.FAILED) == (message in (res.error or ""))

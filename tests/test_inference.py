@@ -28,6 +28,34 @@ def _fake_model(root: Path, channels: list[str], ending: str, dims: int) -> Path
     return model
 
 
+def _check_overlay(img: np.ndarray, lab: np.ndarray, over: np.ndarray) -> None:
+    """Grey image (intensity-normalised) where ``lab`` is background, coloured (R != G or G != B) where it is not."""
+    bg = lab == 0
+    assert np.all(over[bg][:, 0] == over[bg][:, 1]) and np.all(over[bg][:, 1] == over[bg][:, 2])
+    grey = (img.astype(float) - img.min()) / max(np.ptp(img.astype(float)), 1)
+    if bg.sum() > 10 and np.ptp(grey[bg]) > 0:
+        assert np.corrcoef(over[bg][:, 0], grey[bg])[0, 1] > 0.95
+    fg = ~bg
+    assert np.all((over[fg][:, 0] != over[fg][:, 1]) | (over[fg][:, 1] != over[fg][:, 2]))
+
+
+def test_overlay_is_the_grey_image_with_label_colours(tmp_path):
+    from xlstm_unet.inference import _overlay
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (40, 48), dtype=np.uint8)
+    lab = np.zeros((40, 48), np.uint8)
+    lab[5:15, 5:20], lab[20:35, 30:45] = 1, 2
+    write_png(tmp_path / "img.png", img)
+    write_png(tmp_path / "mask.png", lab)
+    _overlay([tmp_path / "img.png"], tmp_path / "mask.png", ModelInputs(("grey",), ".png", 2, 3), tmp_path / "o.png")
+    over = read_png(tmp_path / "o.png")
+    assert over.shape == (40, 48, 3) and over.dtype == np.uint8
+    _check_overlay(img, lab, over)
+    # the two labels get different colours
+    assert np.abs(over[lab == 1].mean(0) - over[lab == 2].mean(0)).max() > 10
+
+
 # ----------------------------------------------------------------------------------------------- phantom, trained
 
 @pytest.mark.slow
@@ -47,17 +75,11 @@ def test_predict_matches_nnunet_on_renamed_phantom_images(phantom2d_model, phant
         np.testing.assert_array_equal(read_png(mask), read_png(ref / src.name.replace("_0000", "")))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*names, "overlays"])  # masks only
     assert snapshot_mtimes(inp) == before  # inputs untouched
-    # overlay: grey image where the mask is background, coloured (R != G or G != B) where it is not
-    img, lab = read_png(inp / names[0]), read_png(masks[0])
-    over = read_png(tmp_path / "out" / "overlays" / names[0])
-    assert over.shape == (*img.shape, 3) and over.dtype == np.uint8
-    bg = lab == 0
-    assert np.all(over[bg][:, 0] == over[bg][:, 1]) and np.all(over[bg][:, 1] == over[bg][:, 2])
-    grey = (img.astype(float) - img.min()) / max(np.ptp(img.astype(float)), 1)
-    assert np.corrcoef(over[bg][:, 0], grey[bg])[0, 1] > 0.95  # the image, intensity-normalised
-    fg = ~bg
-    if fg.any():
-        assert np.all((over[fg][:, 0] != over[fg][:, 1]) | (over[fg][:, 1] != over[fg][:, 2]))
+    # an overlay per mask, of the image's size (its colours: test_overlay_is_the_grey_image_with_label_colours)
+    for name, mask in zip(names, masks):
+        over = read_png(tmp_path / "out" / "overlays" / name)
+        assert over.shape == (*read_png(mask).shape, 3) and over.dtype == np.uint8
+        _check_overlay(read_png(inp / name), read_png(mask), over)
 
     # again without --overwrite: refused, files untouched; with it: same masks
     out_mtimes = snapshot_mtimes(tmp_path / "out")

@@ -112,18 +112,21 @@ def _paper_fixture(dataset: str, root: Path) -> tuple[Path, dict]:
     raise AssertionError(dataset)
 
 
-@pytest.mark.parametrize("name,dataset", [
-    ("20_abdomen_mri_2d.ipynb", "amos_mri"),
-    ("21_endoscopy.ipynb", "endovis17"),
-    ("22_microscopy_cells.ipynb", "neurips_cells"),
-    ("23_brats_3d.ipynb", "brats23"),
-    ("24_abdomen_mri_3d.ipynb", "amos_mri"),
+# The notebooks default to the paper's patch sizes (2d_p320x320, 3d_fullres_p48x160x224): one CPU iteration at
+# 48x160x224 needs most of this machine's memory, so the smoke runs take nnU-Net's own plan of the small fixtures.
+# tests/test_paper_path.py covers the patch-size overrides.
+@pytest.mark.parametrize("name,dataset,configuration", [
+    ("20_abdomen_mri_2d.ipynb", "amos_mri", "2d"),
+    ("21_endoscopy.ipynb", "endovis17", "2d"),
+    ("22_microscopy_cells.ipynb", "neurips_cells", "2d"),
+    ("23_brats_3d.ipynb", "brats23", "3d_fullres"),
+    ("24_abdomen_mri_3d.ipynb", "amos_mri", "3d_fullres"),
 ])
-def test_paper_notebooks_on_format_fixtures(name, dataset, nnunet_root, tmp_path, smoke_dirs):
+def test_paper_notebooks_on_format_fixtures(name, dataset, configuration, nnunet_root, tmp_path, smoke_dirs):
     src, options = _paper_fixture(dataset, tmp_path / "raw")
     # the fixtures have fewer than 5 training cases: nnU-Net cannot make 5 folds, so train on "all"
-    _run(name, tmp_path, data_dir=str(src), convert_options=options, dataset=dataset, fold="all", **SMOKE,
-         **smoke_dirs)
+    _run(name, tmp_path, data_dir=str(src), convert_options=options, dataset=dataset, fold="all",
+         configuration=configuration, **SMOKE, **smoke_dirs)
     _check_results(tmp_path)
 
 

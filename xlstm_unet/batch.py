@@ -230,6 +230,16 @@ def _error_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
 
+# Kernels started side by side (jobs on one node) can race for their ports, and a loaded node can miss the start
+# timeout; no cell has run then, so starting the kernel again is safe.
+_KERNEL_START_ATTEMPTS = 3
+_KERNEL_START_ERRORS = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+
+
+def _kernel_failed_to_start(err: BaseException) -> bool:
+    return any(m in str(err) for m in _KERNEL_START_ERRORS)
+
+
 def run_notebook(cfg: BatchConfig, exp: Experiment, force: bool = False, progress_bar: bool = False,
                  log_output: bool = False, time_limit: float | None = None) -> RunResult:
     """Run one experiment's notebook unless it is done (or ``force``); never raises for a failing notebook.
@@ -250,12 +260,21 @@ def run_notebook(cfg: BatchConfig, exp: Experiment, force: bool = False, progres
     try:
         if time_limit is not None:  # the kernel inherits this process's environment
             os.environ[TIME_LIMIT_ENV] = f"{max(time_limit, 1.0):.0f}"
-        pm.execute_notebook(
-            str(exp.notebook), str(out_nb), parameters=dict(exp.parameters), kernel_name=cfg.kernel,
-            cwd=str(cfg.base_dir), progress_bar=progress_bar, execution_timeout=cfg.timeout,
-            log_output=log_output, stdout_file=sys.stdout if log_output else None,
-            stderr_file=sys.stderr if log_output else None,
-        )
+        for attempt in range(1, _KERNEL_START_ATTEMPTS + 1):
+            try:
+                pm.execute_notebook(
+                    str(exp.notebook), str(out_nb), parameters=dict(exp.parameters), kernel_name=cfg.kernel,
+                    cwd=str(cfg.base_dir), progress_bar=progress_bar, execution_timeout=cfg.timeout,
+                    log_output=log_output, stdout_file=sys.stdout if log_output else None,
+                    stderr_file=sys.stderr if log_output else None,
+                )
+                break
+            except Exception as err:  # noqa: BLE001
+                if attempt == _KERNEL_START_ATTEMPTS or not _kernel_failed_to_start(err):
+                    raise
+                log.warning("%s: the kernel did not start (%s); starting it again (%d/%d)", exp.name,
+                            _error_line(err), attempt + 1, _KERNEL_START_ATTEMPTS)
+                time.sleep(2.0 * attempt)
     except Exception as err:  # noqa: BLE001 - any failure of one experiment is reported, the batch goes on
         status = Status.PAUSED if getattr(err, "ename", None) == ExperimentPaused.__name__ else Status.FAILED
         return RunResult(exp.name, status, _error_line(err), out_nb if out_nb.is_file() else None,
