@@ -188,16 +188,21 @@ def efficiency_notebook():
     return _nb([
         new_markdown_cell(
             "# Efficiency report\n\n"
-            "What the paper leaves out: time and memory. From the benchmark JSON files "
-            "(`benchmarks/vil_scaling.py --json`, `benchmarks/train_step.py --json`): the ViL scaling curve "
-            "(chunkwise vs the official quadratic parallel mLSTM) and the per-model train-step time, peak memory "
-            "and parameters. Regenerate the JSON with `make bench`."),
+            "What the paper leaves out: what each method costs. From the benchmark JSON files "
+            "(`benchmarks/vil_scaling.py --json`, `benchmarks/train_step.py --json`; `make bench` writes them): the "
+            "ViL scaling curve (chunkwise vs the official quadratic parallel mLSTM); per method its parameters, "
+            "forward FLOPs, train-step time, peak memory and one case's sliding-window inference; and, for every "
+            "study with finished runs under `results_root`, each method's score against its cost."),
         new_code_cell(
             'vil_json: str = "benchmarks/results/vil_scaling_cpu.json"  # vil_scaling.py --json output\n'
             'step_json: str = "benchmarks/results/train_step_cpu.json"  # train_step.py --json output\n'
+            'results_root: str = "results/cpu_real"  # a run-all study (<experiment>/<Dataset>/<method>/seed<k>)\n'
+            '# per experiment, the train_step JSON of its own plans (else step_json\'s rows of its dimension)\n'
+            'cost_jsons: dict = {"kvasir_seg": "results/cpu_real/budget_kvasir_128.json"}\n'
             'figure_dir: str = "figures/efficiency"  # plots and tables, relative to the repository',
             metadata={"tags": ["parameters"]}),
         new_code_cell(
+            "from xlstm_unet.efficiency import accuracy_cost_report\n"
             "from xlstm_unet.figures import (plot_train_step, plot_vil_scaling, save_table, train_step_table,\n"
             "                                vil_scaling_table)\n"
             "from xlstm_unet.paths import REPO_ROOT\n\n"
@@ -209,12 +214,25 @@ def efficiency_notebook():
             'save_table(vil, out / "vil_scaling")\n'
             'plot_vil_scaling(REPO_ROOT / vil_json, out / "vil_scaling")\n'
             "vil"),
-        new_markdown_cell("## One training step per network (forward, backward, AdamW)"),
+        new_markdown_cell("## What each method costs: one training step (forward, backward, AdamW), FLOPs, "
+                          "inference of one case"),
         new_code_cell(
             "step = train_step_table(REPO_ROOT / step_json)\n"
             'save_table(step, out / "train_step")\n'
             'plot_train_step(REPO_ROOT / step_json, out / "train_step")\n'
             "step"),
+        new_markdown_cell("## Accuracy against cost\n\n"
+                          "Where a study has finished runs: the score of each method (error bars: spread between "
+                          "seeds) against its parameters, FLOPs, train-step time and its measured training time. "
+                          "Methods without results keep their cost row with an empty score."),
+        new_code_cell(
+            "reports = accuracy_cost_report(REPO_ROOT / results_root, REPO_ROOT / step_json,\n"
+            "                               {k: REPO_ROOT / v for k, v in cost_jsons.items()}, out)\n"
+            "if not reports:\n"
+            '    print(f"no finished runs under {results_root}: the costs above stand alone")\n'
+            "for experiment, table in reports.items():\n"
+            '    print(experiment, "- costs from", table.attrs["costs_from"])\n'
+            "    display(table)"),
     ])
 
 

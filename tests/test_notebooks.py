@@ -150,6 +150,11 @@ def test_efficiency_notebook_on_the_committed_benchmarks(tmp_path):
     for name in ("vil_scaling_cpu.json", "train_step_cpu.json"):
         assert (REPO_ROOT / "benchmarks" / "results" / name).is_file(), f"run `make bench` ({name} missing)"
     _run("31_efficiency_report.ipynb", tmp_path, figure_dir=str(tmp_path / "eff"))
-    for stem in ("vil_scaling", "train_step"):
+    for stem in ("vil_scaling", "train_step", "accuracy_vs_cost_kvasir_seg"):  # the committed cpu_real study
         assert (tmp_path / "eff" / f"{stem}.png").stat().st_size > 5000
         assert (tmp_path / "eff" / f"{stem}.md").is_file()
+    # without results: the costs alone
+    _run("31_efficiency_report.ipynb", tmp_path, figure_dir=str(tmp_path / "eff2"),
+         results_root=str(tmp_path / "none"))
+    assert (tmp_path / "eff2" / "train_step.png").is_file()
+    assert not list((tmp_path / "eff2").glob("accuracy_vs_cost*"))

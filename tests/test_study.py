@@ -104,3 +104,34 @@ def test_tables_figures_with_the_raw_images(study, nnunet_root, tmp_path):
     for name in ("fig2_panel.png", "training_curves.png", "score_vs_time.png"):
         assert (root / "phantom" / name).stat().st_size > 1000
     assert "fig2_panel.png" in (root / "README.md").read_text()
+
+
+def test_accuracy_against_cost_joins_the_study_with_the_benchmark(study, tmp_path):
+    from xlstm_unet.efficiency import accuracy_cost_report
+
+    root, scores = study
+    row = dict(size=[64, 64], batch=2, peak_mb=100.0)
+    bench = {"device": "cpu", "rows": [
+        {"model": "nnunet", "dim": 2, "params": 20_000_000, "flops": 7e9, "step_s": 0.8, **row},
+        {"model": "nnunet", "dim": 3, "params": 30_000_000, "flops": 9e10, "step_s": 5.0, **row},  # other dim
+        {"model": "unetr", "dim": 2, "params": None, "flops": None, "step_s": None, "not_run": "failed",
+         "error": "out of memory", **row},
+        {"model": "segresnet", "dim": 2, "params": 6_000_000, "flops": 5e9, "step_s": 0.6, **row},  # no results
+        {"model": "enc_stub", "dim": 2, "params": 1, "flops": 1, "step_s": 1.0, **row},  # not a method: left out
+    ]}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    out = tmp_path / "eff"
+    reports = accuracy_cost_report(root, tmp_path / "bench.json", out_dir=out)
+    t = reports["phantom"]
+    assert list(t.index) == ["nnunet", "unetr", "xlstm_enc", "segresnet"]  # the study's order, then the rest
+    # the score: the mean over cases of the seed-averaged per-case Dice, computed here independently
+    nn = np.mean([np.mean([scores[("nnunet", s)][c] for s in range(3)]) for c in scores[("nnunet", 0)]])
+    assert t.loc["nnunet", "score"] == pytest.approx(nn)
+    assert t.loc["nnunet", "params (M)"] == 20.0 and t.loc["nnunet", "GFLOP"] == 7.0  # the 2D row
+    assert t.loc["nnunet", "train_h"] == 2.0  # median of 1, 2, 3 h
+    assert np.isnan(t.loc["xlstm_enc", "step_s"])  # results, no benchmark row
+    assert np.isnan(t.loc["unetr", "step_s"]) and t.loc["unetr", "not_run"] == "out of memory"
+    assert np.isnan(t.loc["segresnet", "score"]) and t.loc["segresnet", "step_s"] == 0.6
+    assert (out / "accuracy_vs_cost_phantom.png").stat().st_size > 5000
+    assert (out / "accuracy_vs_cost_phantom.csv").is_file()
+    assert accuracy_cost_report(tmp_path / "nothing", tmp_path / "bench.json") == {}

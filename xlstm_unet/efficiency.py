@@ -5,6 +5,10 @@ Benchmark JSON read here (contracts of ``benchmarks/vil_scaling.py --json`` and 
 
     vil_scaling: {"device", "dim", "batch", "rows": [{"backend", "S", "fwd_bwd_s", "peak_mb"}, ...], ...}
     train_step:  {"device", "rows": [{"model", "dim", "size", "batch", "params", "step_s", "peak_mb"}, ...]}
+                 (optional per row: "flops", "infer_s", "not_run", "error")
+
+Accuracy against cost: :func:`accuracy_vs_cost` joins a study's numbers (:func:`xlstm_unet.study.study_numbers`)
+with the train_step rows of the same methods (rows named after registry methods) at the study's dimension.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from xlstm_unet._io import save_figure
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["load_benchmark", "vil_scaling_table", "train_step_table", "plot_vil_scaling", "plot_train_step"]
+__all__ = ["load_benchmark", "vil_scaling_table", "train_step_table", "plot_vil_scaling", "plot_train_step",
+           "method_costs", "accuracy_vs_cost", "plot_accuracy_vs_cost", "accuracy_cost_report", "COSTS"]
 
 
 _VIL_ROW = {"backend": str, "S": int, "fwd_bwd_s": float, "peak_mb": float}
@@ -101,7 +106,89 @@ def train_step_table(bench: str | os.PathLike | Mapping[str, Any]) -> pd.DataFra
     for col in ("params", "step_s", "peak_mb"):  # None (a row that did not finish) -> NaN
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["params (M)"] = df.pop("params") / 1e6
-    return df[["model", "dim", "size", "batch", "params (M)", "step_s", "peak_mb"]]
+    extra = []
+    if "flops" in df:
+        df["GFLOP"] = pd.to_numeric(df.pop("flops"), errors="coerce") / 1e9
+        extra.append("GFLOP")
+    if "infer_s" in df:
+        df["infer_s"] = pd.to_numeric(df["infer_s"], errors="coerce")
+        extra.append("infer_s")
+    if "not_run" in df:
+        reason = df["error"] if "error" in df else pd.Series(None, index=df.index)
+        df["not_run"] = [(str(e) if isinstance(e, str) else n) if isinstance(n, str) else ""
+                         for n, e in zip(df["not_run"], reason)]
+        extra.append("not_run")
+    return df[["model", "dim", "size", "batch", "params (M)", "step_s", "peak_mb", *extra]]
+
+
+#: The cost axes of :func:`plot_accuracy_vs_cost`: column -> axis label.
+COSTS: dict[str, str] = {"params (M)": "parameters (M)", "GFLOP": "forward GFLOP / sample",
+                         "step_s": "train step (s)", "train_h": "training time per run (h, measured)"}
+
+
+def method_costs(bench: str | os.PathLike | Mapping[str, Any], dim: int | None = None) -> pd.DataFrame:
+    """The rows of a train_step benchmark that are registry methods (``--methods``), indexed by method; with
+    ``dim`` only that dimension's rows. Rows that did not run keep their place with NaN costs and ``not_run``."""
+    from xlstm_unet.nnunet.methods import METHODS
+
+    df = train_step_table(bench)
+    df = df[df["model"].isin(list(METHODS))]
+    if dim is not None:
+        df = df[df["dim"] == dim]
+    return df.drop_duplicates("model").set_index("model").rename_axis("method")
+
+
+def accuracy_vs_cost(numbers: pd.DataFrame, bench: str | os.PathLike | Mapping[str, Any], dim: int,
+                     ) -> pd.DataFrame:
+    """A study's score per method beside its cost: ``numbers`` from :func:`xlstm_unet.study.study_numbers` (one row
+    per method; its first metric is the score), the costs from a train_step benchmark at ``dim``. One row per
+    method of either: ``score`` and ``score_seed_std`` (NaN for a method without results), ``seeds``, ``train_h``,
+    and the cost columns (NaN for a method the benchmark did not run)."""
+    metric = numbers.attrs["metrics"][0]
+    acc = pd.DataFrame({"score": numbers[f"{metric}_mean"], "score_seed_std": numbers[f"{metric}_seed_std"],
+                        "seeds": numbers["seeds"], "train_h": numbers["train_h"]})
+    costs = method_costs(bench, dim).drop(columns=["dim"])
+    out = acc.join(costs, how="outer")
+    order = [m for m in numbers.index] + [m for m in costs.index if m not in numbers.index]
+    out = out.loc[order]
+    out.attrs.update(metric=metric, experiment=numbers.attrs.get("experiment"), dim=dim)
+    return out
+
+
+def plot_accuracy_vs_cost(table: pd.DataFrame, out_stem: str | os.PathLike | None = None, dpi: int = 120,
+                          costs: Mapping[str, str] | None = None) -> Figure:
+    """One panel per cost (:data:`COSTS` that the table has): the score of each method with results (error bar:
+    spread between seeds) against its cost; log scale for the model costs. Methods without results are left out
+    (their costs are in the table)."""
+    from matplotlib.figure import Figure
+
+    from xlstm_unet.study import _label
+
+    costs = {c: lab for c, lab in (costs or COSTS).items() if c in table and table[c].notna().any()}
+    if not costs:
+        raise ValueError("accuracy_vs_cost table has no cost column with numbers")
+    fig = Figure(figsize=(3.2 * len(costs) + 1.6, 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(costs), sharey=True))
+    done = table[table["score"].notna()]
+    for ax, (col, label) in zip(axes, costs.items()):
+        for i, (m, r) in enumerate(done.iterrows()):
+            if np.isnan(r[col]):
+                continue
+            ax.errorbar(r[col], r["score"], yerr=r["score_seed_std"] if r["seeds"] > 1 else None, fmt="o",
+                        color=f"C{i % 10}", capsize=3, label=_label(m))
+        if col != "train_h":
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(f"mean {table.attrs.get('metric', 'score')} (test cases)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=7)
+    fig.suptitle(f"{table.attrs.get('experiment') or ''} accuracy against cost ({table.attrs.get('dim')}D)",
+                 fontsize=10)
+    if out_stem is not None:
+        save_figure(fig, Path(out_stem), dpi)
+    return fig
 
 
 def plot_vil_scaling(bench: str | os.PathLike | Mapping[str, Any], out_stem: str | os.PathLike | None = None,
@@ -167,3 +254,34 @@ def plot_train_step(bench: str | os.PathLike | Mapping[str, Any], out_stem: str 
     if out_stem is not None:
         save_figure(fig, Path(out_stem), dpi)
     return fig
+
+
+def accuracy_cost_report(results_root: str | os.PathLike, step_json: str | os.PathLike,
+                         cost_jsons: Mapping[str, str | os.PathLike] | None = None,
+                         out_dir: str | os.PathLike | None = None, n_boot: int = 1000) -> dict[str, pd.DataFrame]:
+    """:func:`accuracy_vs_cost` for every experiment with finished runs under ``results_root`` (the layout of
+    ``xlstm-unet run-all``: ``<experiment>/<DatasetXXX>/<method>/seed<k>/run.json``).
+
+    The costs of an experiment come from ``cost_jsons[experiment]`` (a train_step JSON of its own plans, e.g.
+    ``train_step.py --plans ... --configuration ...``) or else from ``step_json``'s rows at its dimension. With
+    ``out_dir``: ``accuracy_vs_cost_<experiment>.{md,csv,png,pdf}``. Returns ``{experiment: table}``, empty when
+    nothing has finished (the cost tables alone then say what each method costs).
+    """
+    from xlstm_unet.study import load_runs, study_numbers
+    from xlstm_unet.tables import save_table
+
+    root = Path(results_root)
+    runs = load_runs(root) if root.is_dir() else pd.DataFrame()
+    out: dict[str, pd.DataFrame] = {}
+    for experiment in dict.fromkeys(runs.get("experiment", [])):
+        configuration = str(runs[runs["experiment"] == experiment]["configuration"].iloc[0])
+        dim = 3 if configuration.startswith("3d") else 2
+        bench = Path((cost_jsons or {}).get(experiment, step_json))
+        table = accuracy_vs_cost(study_numbers(root, experiment, n_boot=n_boot), bench, dim)
+        table.attrs["costs_from"] = str(bench)
+        out[experiment] = table
+        if out_dir is not None:
+            stem = Path(out_dir) / f"accuracy_vs_cost_{experiment}"
+            save_table(table.round(4), stem)
+            plot_accuracy_vs_cost(table, stem)
+    return out
