@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test test-quick demo lab bench bench-gpu clean
+.PHONY: install test test-all test-quick demo lab bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -20,13 +20,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
+# The suite CI runs; test-all adds the tests marked extended (end-to-end runs that repeat covered paths).
 test: install
+	$(PY) -m pytest -m "not extended" $(PYTEST_ARGS)
+
+test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The fast loop while editing: the suite without the tests marked slow (over ~3 s each on 2 cores, or needing a
 # prepared nnU-Net dataset, a notebook kernel or a browser); `make test` runs them all.
 test-quick: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not extended" $(PYTEST_ARGS)
 
 demo: install
 	@mkdir -p results/quickstart

@@ -247,7 +247,7 @@ def _cli_env(nnunet_root: Path) -> dict:
 def test_nnunet_cli_train_and_predict_on_real_kvasir(kvasir_prepared, nnunet_root, tmp_path):
     raw = nnunet_root / "nnUNet_raw" / kvasir_prepared
     env = _cli_env(nnunet_root)
-    tr = "nnUNetTrainerXLSTMBot_1ep_2it"
+    tr = "nnUNetTrainerXLSTMBot_1ep_1it_bs2"
     _cli([str(BIN / "nnUNetv2_train"), "911", "2d", "0", "-tr", tr, "-device", "cpu"], env)
     fold = nnunet_root / "nnUNet_results" / raw.name / f"{tr}__nnUNetPlans__2d" / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file()
