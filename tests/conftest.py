@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 # One worker process for nnU-Net's pools and augmentation in-process: on 2 cores, spawning workers (each
 # re-importing nnU-Net) costs more than it saves. Set before anything imports nnunetv2.configuration.
@@ -34,15 +35,19 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def _missing_data(msg: str) -> NoReturn:
+    """CI must have the real datasets, so there a missing one fails the test; elsewhere it skips."""
+    if _in_ci():
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Root of the real datasets; fails in CI and skips elsewhere when it is missing."""
     root = shared_data_dir()
     if not root.is_dir():
-        msg = f"real datasets not found at {root} (set XLSTM_UNET_SHARED_DATA)"
-        if _in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
+        _missing_data(f"real datasets not found at {root} (set XLSTM_UNET_SHARED_DATA)")
     return root
 
 
@@ -53,10 +58,7 @@ def shared_dataset(name: str):
     def _fixture(shared_data: Path) -> Path:
         path = shared_data / name
         if not path.is_dir():
-            msg = f"real dataset {name!r} not found at {path}"
-            if _in_ci():
-                pytest.fail(msg)
-            pytest.skip(msg)
+            _missing_data(f"real dataset {name!r} not found at {path}")
         return path
 
     return _fixture

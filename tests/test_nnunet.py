@@ -226,32 +226,17 @@ def test_resume_continues_instead_of_restarting(phantom2d_prepared):
 
 # ----------------------------------------------------------------------------------------------- nnU-Net's CLI
 
-def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, f"{args}\nSTDOUT:\n{out.stdout[-3000:]}\nSTDERR:\n{out.stderr[-3000:]}"
-    return out
-
-
-def _cli_env(nnunet_root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    exports = subprocess.run([str(BIN / "xlstm-unet"), "env", "--data-root", str(nnunet_root)], env=env,
-                             capture_output=True, text=True, check=True).stdout
-    for line in exports.splitlines():
-        k, v = line.removeprefix("export ").split("=", 1)
-        env[k] = v.strip("'")
-    env["nnUNet_n_proc_DA"] = "0"
-    return env
-
-
 @pytest.mark.slow
 def test_nnunet_cli_train_and_predict_on_real_kvasir(kvasir_prepared, nnunet_root, tmp_path):
+    from nnunet_cli import cli_env, run_cli
+
     raw = nnunet_root / "nnUNet_raw" / kvasir_prepared
-    env = _cli_env(nnunet_root)
+    env = cli_env(nnunet_root)
     tr = "nnUNetTrainerXLSTMBot_1ep_1it_bs2"
-    _cli([str(BIN / "nnUNetv2_train"), "911", "2d", "0", "-tr", tr, "-device", "cpu"], env)
+    run_cli(["nnUNetv2_train", "911", "2d", "0", "-tr", tr, "-device", "cpu"], env)
     fold = nnunet_root / "nnUNet_results" / raw.name / f"{tr}__nnUNetPlans__2d" / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file()
     assert json.loads((fold / "run_config.json").read_text())["recipe"]["lr"] == 0.01  # endoscopy, paper
-    _cli([str(BIN / "nnUNetv2_predict"), "-i", str(raw / "imagesTs"), "-o", str(tmp_path / "pred"), "-d", "911",
-          "-c", "2d", "-f", "0", "-tr", tr, "-device", "cpu", "--disable_tta"], env)
+    run_cli(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(tmp_path / "pred"), "-d", "911",
+             "-c", "2d", "-f", "0", "-tr", tr, "-device", "cpu", "--disable_tta"], env)
     _check_predictions(tmp_path / "pred", raw)

@@ -67,18 +67,24 @@ def load_instances(path: Path) -> np.ndarray:
     return inst
 
 
+def cell_case(img: np.ndarray, image_path: Path, label_path: Path, keep_instances: bool) -> CaseData:
+    """The cell protocol's case from an image ``(H, W)`` or ``(H, W, C)`` read from ``image_path`` and the instance
+    map in ``label_path``: percentile-normalised uint8 channels, 3-class targets, the instances when kept."""
+    inst = load_instances(label_path)
+    if inst.shape != img.shape[:2]:
+        raise DatasetFormatError(label_path, f"image/label shape mismatch: image {img.shape[:2]} "
+                                             f"({image_path.name}), label {inst.shape}")
+    return CaseData(channels=(percentile_to_uint8(img),), label=instances_to_3class(inst),
+                    instances=inst if keep_instances else None, channel_files=(image_path,), label_file=label_path)
+
+
 def _load(image_path: Path, label_path: Path, keep_instances: bool) -> CaseData:
     img = read_image_2d(image_path)
     if img.ndim != 2:
         raise DatasetFormatError(image_path, f"expected a grey image (H, W), got shape {img.shape}")
     if np.issubdtype(img.dtype, np.floating) and not np.all(np.isfinite(img)):
         raise DatasetFormatError(image_path, "image contains NaN or infinite intensities")
-    inst = load_instances(label_path)
-    if inst.shape != img.shape:
-        raise DatasetFormatError(label_path, f"image/label shape mismatch: image {img.shape} ({image_path.name}), "
-                                             f"label {inst.shape}")
-    return CaseData(channels=(percentile_to_uint8(img),), label=instances_to_3class(inst),
-                    instances=inst if keep_instances else None, channel_files=(image_path,), label_file=label_path)
+    return cell_case(img, image_path, label_path, keep_instances)
 
 
 def build_ctc_nuclei(source: Path, *, seed: int = 0, test_fraction: float = 0.2,

@@ -35,12 +35,10 @@ from ._common import (
     DatasetInfo,
     DatasetPlan,
     Protocol,
-    instances_to_3class,
     pair_files,
-    percentile_to_uint8,
     require_dir,
 )
-from .ctc_nuclei import CELL_LABELS, load_instances
+from .ctc_nuclei import CELL_LABELS, cell_case
 
 __all__ = ["build_neurips_cells", "NEURIPS_CELLS", "read_cell_image"]
 
@@ -80,13 +78,7 @@ def read_cell_image(path: Path) -> np.ndarray:
 
 
 def _load(image: Path, label: Path, keep_instances: bool) -> CaseData:
-    img = read_cell_image(image)
-    inst = load_instances(label)
-    if inst.shape != img.shape[:2]:
-        raise DatasetFormatError(label, f"image/label shape mismatch: image {img.shape[:2]} ({image.name}), "
-                                        f"label {inst.shape}")
-    return CaseData(channels=(percentile_to_uint8(img),), label=instances_to_3class(inst),
-                    instances=inst if keep_instances else None, channel_files=(image,), label_file=label)
+    return cell_case(read_cell_image(image), image, label, keep_instances)
 
 
 def _pairs(folder: Path, prefix: str, max_cases: int | None, option: str) -> dict[str, tuple[Path, Path]]:

@@ -157,22 +157,23 @@ def write_splits(dataset: int | str, *, overwrite: bool = False) -> Path | None:
     return out
 
 
+def _set_environ(values: dict[str, str | None]) -> None:
+    """Set each variable, or remove it where the value is None."""
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @contextlib.contextmanager
 def _env(**values: str | None) -> Iterator[None]:
     old = {k: os.environ.get(k) for k in values}
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environ(values)
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environ(old)
 
 
 def model_folder(dataset: int | str, method: str, *, configuration: str = "2d", **variant) -> Path:
