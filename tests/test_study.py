@@ -103,6 +103,7 @@ def test_tables_figures_with_the_raw_images(study, nnunet_root, tmp_path):
     assert main(["tables", str(root), "--raw-root", str(tmp_path / "raw"), "--n-boot", "200"]) == 0
     for name in ("fig2_panel.png", "training_curves.png", "score_vs_time.png"):
         assert (root / "phantom" / name).stat().st_size > 1000
+    assert not (root / "phantom" / "fig2_panel.pdf").exists()  # the committed report keeps the image panel as PNG
     assert "fig2_panel.png" in (root / "README.md").read_text()
 
 

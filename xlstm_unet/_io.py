@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,11 +76,11 @@ def replace_path(src: str | os.PathLike, dest: str | os.PathLike) -> None:
         old.unlink(missing_ok=True)
 
 
-def save_figure(fig: Figure, stem: Path, dpi: int) -> dict[str, Path]:
-    """Write ``fig`` to ``<stem>.png`` and ``<stem>.pdf`` atomically (temp file, then rename)."""
+def save_figure(fig: Figure, stem: Path, dpi: int, formats: Sequence[str] = ("png", "pdf")) -> dict[str, Path]:
+    """Write ``fig`` to ``<stem>.<ext>`` for each of ``formats`` atomically (temp file, then rename)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = {}
-    for ext in ("png", "pdf"):
+    for ext in formats:
         final = stem.with_suffix(f".{ext}")
         with atomic_write(final, suffix=f".{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")

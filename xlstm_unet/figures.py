@@ -71,7 +71,7 @@ class Fig2Result:
 
     figure: Figure
     png: Path
-    pdf: Path
+    pdf: Path | None
     rows: int
     columns: tuple[str, ...]
 
@@ -88,12 +88,13 @@ def fig2_panel(
     panel_size: float = 2.2,
     dpi: int = 150,
     show_dice: bool = True,
+    pdf: bool = True,
 ) -> Fig2Result:
     """A Fig. 2-style panel: one row per case, columns image | ground truth | each method, coloured overlays.
 
     Args:
         data: cases with images, ground truth and predictions (:class:`xlstm_unet.viewer.ViewerData`).
-        out_stem: output path without suffix; ``<stem>.png`` and ``<stem>.pdf`` are written.
+        out_stem: output path without suffix; ``<stem>.png`` and (with ``pdf``) ``<stem>.pdf`` are written.
         cases: case names (rows), default all cases of ``data``.
         methods: methods (columns after image and ground truth), default all methods of ``data``.
         axis: for 3D cases, ``axial`` / ``coronal`` / ``sagittal`` (array axes 0 / 1 / 2).
@@ -103,6 +104,7 @@ def fig2_panel(
             shown in colour).
         opacity: overlay opacity in [0, 1].
         show_dice: write each prediction's Dice for the case (mean over foreground labels) under its panel.
+        pdf: also write ``<stem>.pdf`` (vector text, images embedded at full size).
     Returns:
         :class:`Fig2Result` with the figure (closed for drawing; re-open with ``fig.savefig``) and the paths.
     """
@@ -141,6 +143,6 @@ def fig2_panel(
     ]
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
-    paths = save_figure(fig, Path(out_stem), dpi)
-    log.info("Fig. 2 panel written: %s, %s", paths["png"], paths["pdf"])
-    return Fig2Result(figure=fig, png=paths["png"], pdf=paths["pdf"], rows=nrows, columns=columns)
+    paths = save_figure(fig, Path(out_stem), dpi, formats=("png", "pdf") if pdf else ("png",))
+    log.info("Fig. 2 panel written: %s", ", ".join(str(p) for p in paths.values()))
+    return Fig2Result(figure=fig, png=paths["png"], pdf=paths.get("pdf"), rows=nrows, columns=columns)

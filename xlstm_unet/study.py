@@ -280,7 +280,8 @@ def _fig2(exp_dir: Path, numbers: pd.DataFrame, runs: pd.DataFrame, raw: Path) -
     results_dir = Path(runs["dir"].iloc[0]).parents[1]
     methods = list(numbers.index)
     data = ViewerData.from_results(results_dir, raw, methods=methods, cases=picks)
-    fig2_panel(data, exp_dir / "fig2_panel", cases=picks, methods=methods)
+    # PNG only: the PDF embeds every image panel at full size, and the report is committed each time it changes
+    fig2_panel(data, exp_dir / "fig2_panel", cases=picks, methods=methods, pdf=False)
     return exp_dir / "fig2_panel.png"
 
 
