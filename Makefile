@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all test-quick demo lab bench bench-gpu clean
+.PHONY: install test test-all test-quick demo lab bench bench-quick bench-gpu clean
 
 install: $(STAMP)
 
@@ -46,6 +46,13 @@ bench: install
 		mv benchmarks/results/.step.json benchmarks/results/train_step_cpu.json
 	$(PY) benchmarks/train_step.py --json --models resunet,enc_ckpt --methods none > benchmarks/results/.extra.json && \
 		mv benchmarks/results/.extra.json benchmarks/results/train_step_cpu_extra.json
+	$(PY) benchmarks/readme.py
+
+# Every method's costs at small sizes (under 10 minutes on 2 cores): train_step_cpu_quick.json.
+bench-quick: install
+	@mkdir -p benchmarks/results
+	$(PY) benchmarks/train_step.py --json --quick > benchmarks/results/.quick.json && \
+		mv benchmarks/results/.quick.json benchmarks/results/train_step_cpu_quick.json
 	$(PY) benchmarks/readme.py
 
 # The checks that need a CUDA GPU (triton tests, triton ViL rows, the paper's patch sizes), in one run.

@@ -14,6 +14,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
+_NETWORK_ROWS = {"resenc", "bot", "enc", "enc_official", "resunet", "enc_ckpt", "enc_stub"}
+"""The ``--models`` rows of train_step.py; every other row is a registry method."""
+
+
 def _load(name: str) -> dict | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.is_file() else None
@@ -82,6 +86,11 @@ def main() -> int:
          "ResidualEncoderUNet) and XLSTMUNet `bot` / `enc` / `enc_official` on the same stages. One step = "
          "forward, deep-supervision cross-entropy, backward, AdamW. One case = nnU-Net's sliding-window "
          "prediction (step 0.5, no mirroring) of twice the patch per axis."),
+        ("train_step_cpu_quick.json", "Every method at the quick sizes",
+         "`benchmarks/train_step.py --json --quick` (`make bench-quick`): every method of the registry and the "
+         "network rows at 2D 64 × 64 and 3D 16 × 64 × 64, batch 2, one timed step after one warm-up; the paper "
+         "baselines at their papers' widths, the rest on the synthetic plans' stages. One case = 1.5 times the patch "
+         "per axis. Costs at a glance; the full sizes above are the ones to quote."),
         ("train_step_cpu_extra.json", "Opt-in rows: the residual decoder alone, checkpointing every ViL stage",
          "`benchmarks/train_step.py --json --models resunet,enc_ckpt --methods none`: `resunet` is XLSTMUNet "
          "without ViL (the residual decoder's own cost), `enc_ckpt` checkpoints every ViL stage."),
@@ -100,6 +109,10 @@ def main() -> int:
         if obj is None:
             parts += [f"## {title}, `{Path(name).name}`", "", "Not run yet." if "cuda" in name else "Not run.", ""]
             continue
+        methods = [r for r in obj["rows"] if r["model"] not in _NETWORK_ROWS]
+        if name == "train_step_cpu.json" and not methods:
+            text += (" This file holds the network rows only (it was written before the method rows existed); "
+                     "`make bench` rewrites it with every method.")
         parts += [f"## {title}, `{Path(name).name}`", "", text + f" Mode: {obj.get('mode', 'full')}, device {obj['device']}.",
                   "", step_table(obj), ""]
     paper = _load("paper_path_cuda.json")
