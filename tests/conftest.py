@@ -130,7 +130,7 @@ def phantom2d_model(phantom2d_prepared: str) -> Path:
     return train(phantom2d_prepared, "xlstm_enc", epochs=1, iterations=1, device="cpu", validate=True)
 
 
-KVASIR_ID = 911
+KVASIR_ID = 921  # not the converter's default 911, which the Kvasir notebook test converts with other options
 
 
 @pytest.fixture(scope="session")

@@ -232,11 +232,13 @@ def test_nnunet_cli_train_and_predict_on_real_kvasir(kvasir_prepared, nnunet_roo
 
     raw = nnunet_root / "nnUNet_raw" / kvasir_prepared
     env = cli_env(nnunet_root)
+    did = kvasir_prepared[7:10]
     tr = "nnUNetTrainerXLSTMBot_1ep_1it_bs2"
-    run_cli(["nnUNetv2_train", "911", "2d", "0", "-tr", tr, "-device", "cpu"], env)
+    run_cli(["nnUNetv2_train", did, "2d", "0", "-tr", tr, "-device", "cpu"], env)
     fold = nnunet_root / "nnUNet_results" / raw.name / f"{tr}__nnUNetPlans__2d" / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file()
     assert json.loads((fold / "run_config.json").read_text())["recipe"]["lr"] == 0.01  # endoscopy, paper
-    run_cli(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(tmp_path / "pred"), "-d", "911",
-             "-c", "2d", "-f", "0", "-tr", tr, "-device", "cpu", "--disable_tta"], env)
+    run_cli(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(tmp_path / "pred"), "-d", did,
+             "-c", "2d", "-f", "0", "-tr", tr, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+            env)
     _check_predictions(tmp_path / "pred", raw)
