@@ -58,8 +58,8 @@ def step_table(obj: dict) -> str:
             continue
         case = "" if r.get("infer_s") is None else \
             f"{r['infer_s']:.2f} ({'×'.join(str(c) for c in r['case_shape'])})"
-        lines.append(f"| {label} | {r['dim']}D | {size} | {r['batch']} | {r['params'] / 1e6:.1f} | "
-                     f"{_num(r.get('flops') and r['flops'] / 1e9, '.1f')} | {r['step_s']:.2f} | "
+        lines.append(f"| {label} | {r['dim']}D | {size} | {r['batch']} | {r['params'] / 1e6:.3g} | "
+                     f"{_num(r.get('flops') and r['flops'] / 1e9, '.3g')} | {r['step_s']:.2f} | "
                      f"{r['peak_mb']:,.0f} | {case} |")
     return "\n".join(lines)
 
