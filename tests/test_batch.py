@@ -171,3 +171,16 @@ def test_a_kernel_that_did_not_start_is_started_again(batch: Path, monkeypatch: 
     res = batch_mod.run_notebook(cfg, exp)
     assert (len(seen), res.status) == (calls, status)
     assert (status is Status.FAILED) == (message in (res.error or ""))
+
+
+@pytest.mark.slow
+def test_log_output_streams_the_notebooks_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "nbs").mkdir()
+    _notebook(tmp_path / "nbs" / "talk.ipynb", 'print(f"epoch 1 of {tag}", flush=True)')
+    cfg = {"base_dir": ".", "output_dir": "executed",
+           "experiments": [{"name": "talk", "notebook": "nbs/talk.ipynb", "parameters": {"tag": "run-7"}}]}
+    (tmp_path / "batch.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["run-all", str(tmp_path / "batch.yaml")]) == 0
+    assert "epoch 1 of run-7" not in capsys.readouterr().out  # without the flag: only in the executed notebook
+    assert main(["run-all", str(tmp_path / "batch.yaml"), "--force", "--log-output"]) == 0
+    assert "epoch 1 of run-7" in capsys.readouterr().out  # streamed while the notebook runs
