@@ -14,10 +14,6 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-_NETWORK_ROWS = {"resenc", "bot", "enc", "enc_official", "resunet", "enc_ckpt", "enc_stub"}
-"""The ``--models`` rows of train_step.py; every other row is a registry method."""
-
-
 def _load(name: str) -> dict | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.is_file() else None
@@ -109,7 +105,9 @@ def main() -> int:
         if obj is None:
             parts += [f"## {title}, `{Path(name).name}`", "", "Not run yet." if "cuda" in name else "Not run.", ""]
             continue
-        methods = [r for r in obj["rows"] if r["model"] not in _NETWORK_ROWS]
+        from xlstm_unet.nnunet.methods import METHODS
+
+        methods = [r for r in obj["rows"] if r["model"] in METHODS]
         if name == "train_step_cpu.json" and not methods:
             text += (" This file holds the network rows only (it was written before the method rows existed); "
                      "`make bench` rewrites it with every method.")
