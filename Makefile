@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 # torch is installed before the package so that no resolver pulls a newer build.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# pytest-xdist workers (one torch thread each); TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: install test test-all test-quick demo lab bench bench-quick bench-gpu clean
 
@@ -22,15 +25,15 @@ $(STAMP): pyproject.toml
 
 # The suite CI runs; test-all adds the tests marked extended (end-to-end runs that repeat covered paths).
 test: install
-	$(PY) -m pytest -m "not extended" $(PYTEST_ARGS)
+	$(PYTEST) -m "not extended" $(PYTEST_ARGS)
 
 test-all: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 # The fast loop while editing: the suite without the tests marked slow (over ~3 s each on 2 cores, or needing a
 # prepared nnU-Net dataset, a notebook kernel or a browser); `make test` runs them all.
 test-quick: install
-	$(PY) -m pytest -m "not slow and not extended" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow and not extended" $(PYTEST_ARGS)
 
 demo: install
 	@mkdir -p results/quickstart

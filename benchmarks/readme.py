@@ -81,7 +81,7 @@ def main() -> int:
          "baselines round the patch up to their divisor), and the network rows `resenc` (nnU-Net's "
          "ResidualEncoderUNet) and XLSTMUNet `bot` / `enc` / `enc_official` on the same stages. One step = "
          "forward, deep-supervision cross-entropy, backward, AdamW. One case = nnU-Net's sliding-window "
-         "prediction (step 0.5, no mirroring) of twice the patch per axis."),
+         "prediction (step 0.5, no mirroring) of 1.5 times the patch per axis."),
         ("train_step_cpu_quick.json", "Every method at the quick sizes",
          "`benchmarks/train_step.py --json --quick` (`make bench-quick`): every method of the registry and the "
          "network rows at 2D 64 × 64 and 3D 16 × 64 × 64, batch 2, one timed step after one warm-up; the paper "

@@ -22,8 +22,8 @@ Usage::
   patch up to their divisor, U-Mamba and xLSTM-UNet take the plans' stages) from synthetic plans with the
   configurations below (``nnUNetPlans``: PlainConvUNet stages; ``nnUNetResEncUNetMPlans``: ResEnc M) or from a
   dataset's plans (``--plans``). ``infer_s``: nnU-Net's predictor segmenting one case (sliding window, step 0.5,
-  Gaussian, no mirroring) of twice the patch per axis (synthetic plans; 1.5 times with ``--quick``) or the
-  configuration's median size.
+  Gaussian, no mirroring) of 1.5 times the patch per axis (synthetic plans: 2 windows per axis) or the
+  configuration's median size (``--plans``).
 - Network rows (``--models``, default ``resenc,bot,enc,enc_official``): ``resenc`` (dynamic-network-architectures'
   ResidualEncoderUNet, nnU-Net's ResEnc) and XLSTMUNet with ``vil_placement`` = ``bot``, ``enc``, ``enc_official``
   (residual encoder, residual decoder as in the paper) on the same stages, with the ViL defaults (on CPU: long
@@ -461,8 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for dim in args.dims:
             config = get_config(dim, quick=args.quick, paper_sizes=args.paper_sizes)
-            # twice the patch per axis (3 windows each at step 0.5); --quick 1.5x (2 windows each)
-            case = [s + s // 2 if args.quick else 2 * s for s in config.size] if args.inference else None
+            # 1.5 times the patch per axis: 2 windows each at step 0.5, so every window overlaps its neighbour
+            case = [s + s // 2 for s in config.size] if args.inference else None
             jobs += [(m, dim, config, None, "bench", case) for m in [*args.models, *args.methods]]
     rows, failed = [], False
     for model, dim, config, plans, configuration, case in jobs:

@@ -14,6 +14,11 @@ from typing import NoReturn
 # re-importing nnU-Net) costs more than it saves. Set before anything imports nnunetv2.configuration.
 os.environ.setdefault("nnUNet_def_n_proc", "1")
 os.environ.setdefault("nnUNet_n_proc_DA", "0")
+# Under pytest-xdist (`make test` runs two workers), one intra-op thread per worker and per child process it starts
+# (CLI calls, notebook kernels): two workers of two threads each would oversubscribe 2 cores, and torch's OpenMP
+# threads then spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 
@@ -145,3 +150,16 @@ def kvasir_prepared(kvasir_dir: Path, nnunet_root: Path) -> str:
                   max_cases=10, test_fraction=0.25, progress=False)
     prepare(KVASIR_ID, num_processes=1, verify=False)
     return raw.name
+
+
+# Session and module fixtures that take a minute to build (conversion, planning, preprocessing, a training run). Under
+# pytest-xdist (`--dist loadgroup`) every test that uses one of them runs on the same worker, so each is built once.
+_SHARED_FIXTURES = ("phantom3d_prepared", "kvasir_prepared", "kvasir_model", "phantom2d_model", "trained_enc",
+                    "split_dataset", "phantom2d_default", "phantom3d_default")
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
+    for item in items:
+        shared = [name for name in _SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
