@@ -158,6 +158,7 @@ _SHARED_FIXTURES = ("phantom3d_prepared", "kvasir_prepared", "kvasir_model", "ph
                     "split_dataset", "phantom2d_default", "phantom3d_default")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into the nodeids' group suffix
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
     for item in items:
         shared = [name for name in _SHARED_FIXTURES if name in getattr(item, "fixturenames", ())]
