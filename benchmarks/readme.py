@@ -105,12 +105,6 @@ def main() -> int:
         if obj is None:
             parts += [f"## {title}, `{Path(name).name}`", "", "Not run yet." if "cuda" in name else "Not run.", ""]
             continue
-        from xlstm_unet.nnunet.methods import METHODS
-
-        methods = [r for r in obj["rows"] if r["model"] in METHODS]
-        if name == "train_step_cpu.json" and not methods:
-            text += (" This file holds the network rows only (it was written before the method rows existed); "
-                     "`make bench` rewrites it with every method.")
         parts += [f"## {title}, `{Path(name).name}`", "", text + f" Mode: {obj.get('mode', 'full')}, device {obj['device']}.",
                   "", step_table(obj), ""]
     paper = _load("paper_path_cuda.json")

@@ -154,8 +154,9 @@ def kvasir_prepared(kvasir_dir: Path, nnunet_root: Path) -> str:
 
 # Session and module fixtures that take a minute to build (conversion, planning, preprocessing, a training run). Under
 # pytest-xdist (`--dist loadgroup`) every test that uses one of them runs on the same worker, so each is built once.
-_SHARED_FIXTURES = ("phantom3d_prepared", "kvasir_prepared", "kvasir_model", "phantom2d_model", "trained_enc",
-                    "split_dataset", "phantom2d_default", "phantom3d_default")
+# (A fixture's users also list the fixtures it depends on: kvasir_model's users fall in kvasir_prepared's group.)
+_SHARED_FIXTURES = ("phantom3d_prepared", "kvasir_prepared", "phantom2d_model", "trained_enc", "split_dataset",
+                    "phantom2d_default", "phantom3d_default")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into the nodeids' group suffix

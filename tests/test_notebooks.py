@@ -159,4 +159,3 @@ def test_efficiency_notebook_on_the_committed_benchmarks(tmp_path):
     for stem in ("vil_scaling", "train_step", "accuracy_vs_cost_kvasir_seg"):  # the committed cpu_real study
         assert (tmp_path / "eff" / f"{stem}.png").stat().st_size > 5000
         assert (tmp_path / "eff" / f"{stem}.md").is_file()
-
