@@ -13,7 +13,7 @@ from scipy import stats
 
 from xlstm_unet.cli import main
 from xlstm_unet.metrics import holm
-from xlstm_unet.study import load_runs, study_numbers
+from xlstm_unet.study import load_runs, study_numbers, study_table
 
 DATASET = "Dataset901_Phantom2D"
 
@@ -77,6 +77,53 @@ def test_numbers_match_an_independent_computation(study):
     assert nums.loc["xlstm_enc", "seeds"] == 2
 
 
+def test_quiet_step_cost_from_a_benchmark_of_the_experiments_own_plans(study):
+    root, _ = study
+    row = dict(dim=2, size=[64, 64], batch=2, params=1_000_000, peak_mb=10.0)
+
+    def bench(configuration: str, dataset: str, step_s: float) -> dict:
+        return {"device": "cpu", "plans": {"file": f"/x/nnUNet_preprocessed/{dataset}/nnUNetPlans.json",
+                                           "configuration": configuration},
+                "rows": [{"model": "nnunet", "step_s": step_s, **row}, {"model": "xlstm_enc", "step_s": 2.0, **row}]}
+    (root / "a_other_configuration.json").write_text(json.dumps(bench("2d_sp2x2", DATASET, 9.0)))
+    (root / "b_other_dataset.json").write_text(json.dumps(bench("2d", "Dataset902_Other", 9.0)))
+    (root / "c_not_a_benchmark.json").write_text("[1, 2]")
+    assert study_numbers(root, "phantom", n_boot=200)["step_s"].isna().all()  # none measured at these plans
+    (root / "d_budget.json").write_text(json.dumps(bench("2d", DATASET, 0.9)))
+    nums = study_numbers(root, "phantom", n_boot=200)
+    assert nums.attrs["step_cost_file"] == "d_budget.json"
+    assert nums.loc["nnunet", "step_s"] == 0.9 and np.isnan(nums.loc["unetr", "step_s"])  # unetr: no row
+    assert nums.loc["xlstm_enc", "step_h"] == pytest.approx(2.0 * 2 / 3600)  # 2 epochs x 1 iteration
+    assert study_table(nums)["s/step (quiet)"].to_dict() == {"nnU-Net": "0.90", "UNETR": "", "xLSTM-UNet Enc": "2.00"}
+
+
+def test_reproduction_compares_each_rerun_with_the_studys_own_run(study, tmp_path):
+    from xlstm_unet.study import reproduction
+
+    root, scores = study
+    first = root / "phantom" / DATASET / "nnunet"
+    (first / "seed0" / "predictions").mkdir()
+    for name in ("a.png", "b.png"):
+        (first / "seed0" / "predictions" / name).write_bytes(name.encode())
+    rerun = tmp_path / "rerun"
+    for seed in (0, 1):
+        shutil.copytree(first / f"seed{seed}", rerun / "phantom" / DATASET / "nnunet" / f"seed{seed}")
+    (rerun / "phantom" / DATASET / "nnunet" / "seed0" / "predictions" / "b.png").write_bytes(b"other")
+    changed = rerun / "phantom" / DATASET / "nnunet" / "seed1" / "per_case.csv"
+    df = pd.read_csv(changed)
+    df.loc[3, "dice_mean"] += 0.25
+    df.to_csv(changed, index=False)
+    _seed_run(rerun, "unetr", 7, {"x": 0.5}, 1.0)  # no such run in the study: left out
+    t = reproduction(root, rerun).set_index("seed")
+    assert list(t.index) == [0, 1] and set(t["metric"]) == {"dice_mean"}
+    assert t.loc[0, "study"] == t.loc[0, "rerun"] == pytest.approx(np.mean(list(scores[("nnunet", 0)].values())))
+    assert t.loc[0, "same_cases"] == 12 and t.loc[0, "max_case_diff"] == 0
+    assert (t.loc[0, "masks"], t.loc[0, "identical_masks"]) == (2, 1)
+    assert t.loc[1, "same_cases"] == 11 and t.loc[1, "max_case_diff"] == pytest.approx(0.25)
+    assert t.loc[1, "rerun"] - t.loc[1, "study"] == pytest.approx(0.25 / 12)
+    assert reproduction(root, tmp_path / "nothing").empty
+
+
 @pytest.mark.slow
 def test_tables_command_regenerates_tables_and_readme(study, capsys):
     root, _ = study
@@ -88,6 +135,12 @@ def test_tables_command_regenerates_tables_and_readme(study, capsys):
     assert "per_case.md" not in readme and not (root / "phantom" / "per_case.md").exists()  # 12 cases > 10
     table = pd.read_csv(root / "phantom" / "table.csv", index_col="method")
     assert set(table.index) == {"nnunet", "xlstm_enc", "unetr"}
+    assert "Reproduction" not in readme and not (root / "reproduction.csv").exists()  # no re-runs
+    shutil.copytree(root / "phantom" / DATASET / "unetr" / "seed0",
+                    root.parent / f"{root.name}_rerun" / "phantom" / DATASET / "unetr" / "seed0")
+    assert main(["tables", str(root), "--no-figures", "--n-boot", "500"]) == 0
+    assert "## Reproduction" in (root / "README.md").read_text()
+    assert pd.read_csv(root / "reproduction.csv")[["method", "same_cases"]].values.tolist() == [["unetr", 12]]
 
 
 @pytest.mark.slow

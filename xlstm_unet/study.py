@@ -12,10 +12,18 @@ scores averaged over seeds (one number per case), with the spread between seeds 
 each mean, the paired Wilcoxon test against the reference with Holm's correction over the other methods, and a
 bootstrap 95% CI of the mean difference (:func:`xlstm_unet.metrics.compare_methods`).
 
+When ``<root>`` holds a train_step benchmark measured at an experiment's own plans and configuration
+(``benchmarks/train_step.py --json --plans <nnUNet_preprocessed>/<Dataset>/<plans>.json --configuration C``), the
+table shows each method's quiet seconds per step from it, and the score is plotted against the training time that
+step cost gives (seconds per step x the run's steps): the study's own wall and CPU times count the pauses and the
+other work of a shared machine.
+
 ``write_report`` writes, per experiment, ``table.md`` / ``table.csv`` (and for sets of at most 10 test cases
 ``per_case.md`` / ``per_case.csv``), ``training_curves.png``, ``score_vs_time.png`` and ``fig2_panel.png`` (best,
 median and worst case of the reference, every method beside it; needs the raw images), and ``<root>/README.md``
-with all of it. Every number there comes from the results files; nothing is typed by hand.
+with all of it; with re-runs of some (method, seed) in ``<root>_rerun`` (the same command again, same layout), also
+``reproduction.csv``, each re-run beside the study's own run. Every number there comes from the results files;
+nothing is typed by hand.
 """
 
 from __future__ import annotations
@@ -35,8 +43,8 @@ import pandas as pd
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["load_runs", "load_curves", "seed_averaged", "study_numbers", "study_table", "plot_training_curves",
-           "plot_score_vs_time", "write_report", "register"]
+__all__ = ["load_runs", "load_curves", "seed_averaged", "step_cost_file", "study_numbers", "study_table",
+           "plot_training_curves", "plot_score_vs_time", "reproduction", "write_report", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +97,29 @@ def seed_averaged(seed_dirs: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame,
     return averaged, per_seed
 
 
+def step_cost_file(root: str | os.PathLike, dataset: str, configuration: str) -> Path | None:
+    """The train_step benchmark JSON in ``root`` (not below it) measured at ``dataset``'s plans and
+    ``configuration`` (its ``plans``: ``{"file": .../<dataset>/<plans>.json, "configuration": ...}``), if any."""
+    for path in sorted(Path(root).glob("*.json")):
+        try:
+            plans = json.loads(path.read_text()).get("plans")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(plans, dict) and plans.get("configuration") == configuration \
+                and Path(str(plans.get("file"))).parent.name == dataset:
+            return path
+    return None
+
+
 def study_numbers(root: str | os.PathLike, experiment: str, reference: str = "xlstm_enc",
                   metrics: Sequence[str] | None = None, n_boot: int = 10000) -> pd.DataFrame:
     """The numbers of one experiment's study table: one row per method (in run order), per metric ``<m>_mean,
     <m>_std`` (over cases of the seed-averaged scores), ``<m>_median``, ``<m>_seed_std`` (std of the per-seed
     means, ddof=0), ``<m>_diff``, ``<m>_ci_low``, ``<m>_ci_high`` (method - reference), ``<m>_p``, ``<m>_p_holm``;
-    plus ``seeds``, ``n`` and the median training hours over seeds (``train_h``, ``train_cpu_h``)."""
+    plus ``seeds``, ``n``, the median training hours over seeds (``train_h``, ``train_cpu_h``), and from the
+    experiment's step cost file (:func:`step_cost_file`; NaN without one) ``step_s`` and ``step_h`` (``step_s`` x
+    the run's steps)."""
+    from xlstm_unet.efficiency import method_costs
     from xlstm_unet.metrics import compare_methods
 
     runs = load_runs(root)
@@ -111,6 +136,12 @@ def study_numbers(root: str | os.PathLike, experiment: str, reference: str = "xl
     out["seeds"] = [len(per_seed[m]) for m in methods]
     out["train_h"] = [runs[runs["method"] == m]["train_h"].median() for m in methods]
     out["train_cpu_h"] = [runs[runs["method"] == m]["train_cpu_h"].median() for m in methods]
+    first = runs.iloc[0]
+    cost_file = step_cost_file(root, first["dataset"], first["configuration"])
+    costs = method_costs(cost_file)["step_s"] if cost_file else pd.Series(dtype=float)
+    out["step_s"] = [float(costs.get(m, np.nan)) for m in methods]
+    steps = (runs["epochs"] * runs["iterations_per_epoch"]).groupby(runs["method"]).median()
+    out["step_h"] = out["step_s"] * steps.reindex(methods).astype(float).to_numpy() / 3600
     for metric in metrics:
         table = compare_methods({m: averaged[m][metric].to_dict() for m in methods}, ref, metric, n_boot=n_boot,
                                 higher_is_better=not metric.startswith("hd95"))
@@ -119,8 +150,40 @@ def study_numbers(root: str | os.PathLike, experiment: str, reference: str = "xl
                          ("ci_low", "ci_low"), ("ci_high", "ci_high"), ("p", "p_value"), ("p_holm", "p_holm")):
             out[f"{metric}_{col}"] = table.loc[methods, src]
         out[f"{metric}_seed_std"] = [float(np.std(per_seed[m][metric])) for m in methods]
-    out.attrs.update(reference=ref, metrics=metrics, experiment=experiment)
+    out.attrs.update(reference=ref, metrics=metrics, experiment=experiment,
+                     step_cost_file=cost_file.name if cost_file else None)
     return out
+
+
+def reproduction(root: str | os.PathLike, rerun_root: str | os.PathLike) -> pd.DataFrame:
+    """Each (experiment, method, seed) finished under both ``root`` and ``rerun_root`` (the same command run again,
+    same layout): the lead metric's mean over the cases both scored in each, the largest per-case difference, how
+    many cases score the same and how many predicted masks are byte-identical, and both runs' commits and training
+    CPU hours. One row per re-run; empty when none matches."""
+    import filecmp
+
+    study, rerun = load_runs(root), load_runs(rerun_root)
+    rows = []
+    for _, r in rerun.iterrows():
+        match = study[(study["experiment"] == r["experiment"]) & (study["method"] == r["method"])
+                      & (study["seed"] == r["seed"])] if len(study) else study
+        if match.empty:
+            continue
+        first, again = Path(match["dir"].iloc[0]), Path(r["dir"])
+        metric = PROTOCOL_METRICS.get(r["protocol"], _DEFAULT_METRICS)[0]
+        a, b = (pd.read_csv(d / "per_case.csv", dtype={"case": str}).set_index("case")[metric] for d in (first, again))
+        cases = a.index.intersection(b.index)
+        a, b = a[cases], b[cases]
+        same = (a == b) | (a.isna() & b.isna())
+        masks = sorted(p.name for p in (first / "predictions").glob("*") if p.suffix != ".json")
+        rows.append({"experiment": r["experiment"], "method": r["method"], "seed": r["seed"], "metric": metric,
+                     "n": len(cases), "study": a.mean(), "rerun": b.mean(), "max_case_diff": (a - b).abs().max(),
+                     "same_cases": int(same.sum()), "masks": len(masks),
+                     "identical_masks": len(filecmp.cmpfiles(first / "predictions", again / "predictions", masks,
+                                                             shallow=False)[0]),
+                     "study_commit": match["commit"].iloc[0], "rerun_commit": r["commit"],
+                     "study_cpu_h": match["train_cpu_h"].iloc[0], "rerun_cpu_h": r["train_cpu_h"]})
+    return pd.DataFrame(rows)
 
 
 def _p(p: float) -> str:
@@ -128,7 +191,9 @@ def _p(p: float) -> str:
 
 
 def study_table(numbers: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """:func:`study_numbers` as strings, one column per quantity (markdown-ready)."""
+    """:func:`study_numbers` as strings, one column per quantity (markdown-ready). The training time is the CPU
+    time, and the quiet step cost where measured; the wall-clock hours, which count a paused study's pauses, stay
+    in ``table.csv``."""
     ref = numbers.attrs["reference"]
     rows = {}
     for m, r in numbers.iterrows():
@@ -142,8 +207,9 @@ def study_table(numbers: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
                 f"{r[f'{metric}_ci_high']:+.{digits}f}]")
             row[f"{metric} p (Holm)"] = "ref" if m == ref else \
                 f"{_p(r[f'{metric}_p'])} ({_p(r[f'{metric}_p_holm'])})"
-        row["train h (wall)"] = f"{r['train_h']:.2f}"
         row["train h (CPU)"] = f"{r['train_cpu_h']:.2f}"
+        if numbers["step_s"].notna().any():
+            row["s/step (quiet)"] = "" if np.isnan(r["step_s"]) else f"{r['step_s']:.2f}"
         rows[m] = row
     return pd.DataFrame.from_dict(rows, orient="index").set_index("method")
 
@@ -229,7 +295,10 @@ def plot_training_curves(results_dir: str | os.PathLike, methods: Sequence[str] 
 
 
 def plot_score_vs_time(numbers: pd.DataFrame, out_stem: str | os.PathLike | None = None, dpi: int = 120) -> Figure:
-    """Mean score (error bar: spread between seeds) against training time per run (median over seeds)."""
+    """Mean score (error bar: spread between seeds) against training time per run: the quiet step cost x the
+    run's steps (``step_h``) when every method has one, else the training CPU time (median over seeds).
+
+    Not wall-clock time: a long study is paused and resumed, and the pauses count in the wall clock only."""
     from matplotlib.figure import Figure
 
     from xlstm_unet.figures import save_figure
@@ -237,11 +306,14 @@ def plot_score_vs_time(numbers: pd.DataFrame, out_stem: str | os.PathLike | None
     metric = numbers.attrs["metrics"][0]
     fig = Figure(figsize=(5.5, 3.8), layout="constrained")
     ax = fig.subplots()
+    quiet = bool(numbers["step_h"].notna().all()) if "step_h" in numbers else False
+    x = "step_h" if quiet else "train_cpu_h"
     for i, (m, r) in enumerate(numbers.iterrows()):
-        ax.errorbar(r["train_h"], r[f"{metric}_mean"], yerr=r[f"{metric}_seed_std"] if r["seeds"] > 1 else None,
+        ax.errorbar(r[x], r[f"{metric}_mean"], yerr=r[f"{metric}_seed_std"] if r["seeds"] > 1 else None,
                     fmt="o", color=f"C{i % 10}", capsize=3, label=f"{_label(m)} ({int(r['seeds'])} seed"
                     + ("s)" if r["seeds"] > 1 else ")"))
-    ax.set_xlabel("training time per run (h, wall clock, median over seeds)")
+    ax.set_xlabel(f"training time per run (h): quiet s/step x steps ({numbers.attrs.get('step_cost_file')})"
+                  if quiet else "training CPU time per run (h, all threads, median over seeds)")
     ax.set_ylabel(f"mean {metric} (test cases)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
@@ -293,8 +365,11 @@ def _write(path: Path, text: str) -> None:
 
 
 def write_report(root: str | os.PathLike, *, reference: str = "xlstm_enc", figures: bool = True,
-                 raw_root: str | os.PathLike | None = None, n_boot: int = 10000) -> Path:
-    """Write every experiment's tables and figures and ``<root>/README.md`` (see the module docstring)."""
+                 raw_root: str | os.PathLike | None = None, n_boot: int = 10000,
+                 rerun_root: str | os.PathLike | None = None) -> Path:
+    """Write every experiment's tables and figures and ``<root>/README.md`` (see the module docstring); with re-runs
+    under ``rerun_root`` (default ``<root>_rerun`` beside ``root``, when it exists) also ``reproduction.csv``
+    (:func:`reproduction`)."""
     from xlstm_unet.figures import table_to_markdown
 
     root = Path(root)
@@ -337,6 +412,16 @@ def write_report(root: str | os.PathLike, *, reference: str = "xlstm_enc", figur
                     lines.append(f"![Fig. 2 panel: best, median and worst case of {_label(numbers.attrs['reference'])}]"
                                  f"({experiment}/fig2_panel.png)")
             sections.append("\n".join(lines))
+    rerun_root = Path(rerun_root) if rerun_root is not None else root.parent / f"{root.name}_rerun"
+    again = reproduction(root, rerun_root) if rerun_root.is_dir() else pd.DataFrame()
+    if len(again):
+        again.round(4).to_csv(root / "reproduction.csv", index=False)
+        shown = again.drop(columns=["study_commit", "rerun_commit"]).round(4)
+        sections.append("\n".join([
+            "## Reproduction", "",
+            f"The same command again at the same commit ({', '.join(sorted(set(again['rerun_commit'])))}), results "
+            f"in `{rerun_root.name}/`: each re-run's scores beside the study's (`reproduction.csv`).", "",
+            table_to_markdown(shown.set_index("experiment"))]))
     readme = ["# Results (generated)", "",
               f"Generated by `xlstm-unet tables {root}` from the results files below this folder; see "
               "`docs/results.md` for what they show and what they do not.", "", *sections]
@@ -346,7 +431,7 @@ def write_report(root: str | os.PathLike, *, reference: str = "xlstm_enc", figur
 
 def _cmd_tables(args: argparse.Namespace) -> int:
     out = write_report(args.results_root, reference=args.reference, figures=not args.no_figures,
-                       raw_root=args.raw_root, n_boot=args.n_boot)
+                       raw_root=args.raw_root, n_boot=args.n_boot, rerun_root=args.rerun_root)
     print(out)
     return 0
 
@@ -362,4 +447,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--raw-root", default=None, help="an nnUNet_raw folder with the datasets (default: convert "
                                                     "them again from $XLSTM_UNET_SHARED_DATA for the Fig. 2 panels)")
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (default 10000)")
+    p.add_argument("--rerun-root", default=None, help="re-runs of some (method, seed) of the study, same layout, "
+                                                      "compared with the study's own (default: <root>_rerun)")
     p.set_defaults(func=_cmd_tables)
