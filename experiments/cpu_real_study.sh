@@ -33,21 +33,28 @@ if [ "$(cat results/cpu_real/STUDY_COMMIT 2>/dev/null)" != "$commit" ]; then
 fi
 log=$wt/study.log
 
-commit_finished() {  # commit every finished (method, seed) folder that has changes, one commit each
-    local run dir paths
-    for run in $(find results/cpu_real -name run.json -path '*/seed*/run.json' | sort); do
-        dir=$(dirname "$run")
-        paths=("$dir")  # the seed's folder and its method's seed-averaged per_case.csv / summary.json
-        for f in "$(dirname "$dir")"/per_case.csv "$(dirname "$dir")"/summary.json; do
-            [ -f "$f" ] && paths+=("$f")
-        done
-        [ -n "$(git status --porcelain -- "${paths[@]}")" ] || continue
-        for attempt in 1 2 3 4 5; do  # another git command may hold the index lock for a moment
-            if git add -- "${paths[@]}" &&
-               git commit -q -m "cpu_real study: ${dir#results/cpu_real/} finished" -- "${paths[@]}"; then
-                break
+commit_finished() {  # commit every finished (method, seed) folder that has changes, one commit each; then
+    local pass run dir paths msg  # any method whose seed-averaged files alone changed
+    for pass in seed method; do
+        for run in $(find results/cpu_real -name run.json -path '*/seed*/run.json' | sort); do
+            dir=$(dirname "$run")
+            paths=("$dir")  # the seed's folder and its method's seed-averaged per_case.csv / summary.json
+            for f in "$(dirname "$dir")"/per_case.csv "$(dirname "$dir")"/summary.json; do
+                [ -f "$f" ] && paths+=("$f")
+            done
+            if [ $pass = seed ]; then
+                [ -n "$(git status --porcelain -- "$dir")" ] || continue
+                msg="cpu_real study: ${dir#results/cpu_real/} finished"
+            else
+                [ -n "$(git status --porcelain -- "${paths[@]}")" ] || continue
+                msg="cpu_real study: $(dirname "${dir#results/cpu_real/}") seed-averaged results"
             fi
-            sleep 5
+            for attempt in 1 2 3 4 5; do  # another git command may hold the index lock for a moment
+                if git add -- "${paths[@]}" && git commit -q -m "$msg" -- "${paths[@]}"; then
+                    break
+                fi
+                sleep 5
+            done
         done
     done
 }
