@@ -97,6 +97,24 @@ def test_quiet_step_cost_from_a_benchmark_of_the_experiments_own_plans(study):
     assert study_table(nums)["s/step (quiet)"].to_dict() == {"nnU-Net": "0.90", "UNETR": "", "xLSTM-UNet Enc": "2.00"}
 
 
+def test_statement_names_differences_within_the_seed_spread():
+    from xlstm_unet.study import _statement
+
+    m = "dice_mean"
+    numbers = pd.DataFrame({"seeds": [3, 2, 1, 1], "n": [50] * 4, f"{m}_mean": [0.50, 0.53, 0.49, 0.40],
+                            f"{m}_diff": [0.0, 0.03, -0.01, -0.10], f"{m}_p_holm": [np.nan, 0.001, 0.5, 0.001],
+                            f"{m}_seed_std": [0.02, 0.04, 0.0, 0.0]},
+                           index=pd.Index(["nnunet", "xlstm_bot", "unetr", "segresnet"], name="method"))
+    numbers.attrs.update(metrics=[m], reference="nnunet")
+    text = _statement(numbers)
+    # |0.03| < 0.04 (its own spread), |-0.01| < 0.02 (the reference's); 0.10 is beyond both; a single seed has none
+    assert "seeds (one more seed could reverse it, whatever the p-value): xLSTM-UNet Bot, UNETR." in text
+    assert "Significantly better than nnU-Net (paired Wilcoxon, Holm-corrected p < 0.05): xLSTM-UNet Bot." in text
+    numbers[f"{m}_seed_std"] = [0.0, 0.0, 0.0, 0.0]
+    numbers["seeds"] = 1
+    assert "one more seed" not in _statement(numbers)
+
+
 def test_reproduction_compares_each_rerun_with_the_studys_own_run(study, tmp_path):
     from xlstm_unet.study import reproduction
 

@@ -233,6 +233,13 @@ def _statement(numbers: pd.DataFrame, alpha: float = 0.05) -> str:
             if group:
                 lines.append(f"- {what[0].upper()}{what[1:]} (paired Wilcoxon, Holm-corrected p < {alpha}): "
                              + ", ".join(_label(m) for m in group) + ".")
+    spread = numbers[f"{metric}_seed_std"].where(numbers["seeds"] > 1)  # NaN: one seed, no spread measured
+    within = [m for m in others.index
+              if abs(numbers.loc[m, f"{metric}_diff"]) < np.nanmax([spread[m], spread[ref], -np.inf])]
+    if within:
+        lines.append(f"- Mean difference from {_label(ref)} smaller than the spread of the mean between training "
+                     "seeds (one more seed could reverse it, whatever the p-value): "
+                     + ", ".join(_label(m) for m in within) + ".")
     multi = numbers[numbers["seeds"] > 1]
     if len(multi):
         lines.append(f"- Spread of the mean {metric} between training seeds: "
