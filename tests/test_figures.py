@@ -303,3 +303,18 @@ def test_replace_path_swaps_files_and_folders_without_leftovers(tmp_path):
     (tmp_path / "g").write_text("old")
     replace_path(tmp_path / ".f", tmp_path / "g")
     assert (tmp_path / "g").read_text() == "file" and sorted(p.name for p in tmp_path.iterdir()) == ["g", "out"]
+
+
+def test_saved_pdf_has_no_creation_date_so_the_same_figure_gives_the_same_bytes(tmp_path):
+    import time
+
+    from matplotlib.figure import Figure
+
+    from xlstm_unet._io import save_figure
+
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot([0, 1], [1, 0])
+    first = save_figure(fig, tmp_path / "a", dpi=50)["pdf"].read_bytes()
+    time.sleep(1.1)  # a creation date would differ by now
+    assert save_figure(fig, tmp_path / "a", dpi=50)["pdf"].read_bytes() == first
+    assert b"CreationDate" not in first

@@ -77,12 +77,14 @@ def replace_path(src: str | os.PathLike, dest: str | os.PathLike) -> None:
 
 
 def save_figure(fig: Figure, stem: Path, dpi: int, formats: Sequence[str] = ("png", "pdf")) -> dict[str, Path]:
-    """Write ``fig`` to ``<stem>.<ext>`` for each of ``formats`` atomically (temp file, then rename)."""
+    """Write ``fig`` to ``<stem>.<ext>`` for each of ``formats`` atomically (temp file, then rename). The PDF has no
+    creation date, so the same figure gives the same bytes (committed figures change only with their content)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = {}
     for ext in formats:
         final = stem.with_suffix(f".{ext}")
         with atomic_write(final, suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
+            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight",
+                        metadata={"CreationDate": None} if ext == "pdf" else None)
         out[ext] = final
     return out
