@@ -393,10 +393,11 @@ def write_report(root: str | os.PathLike, *, reference: str = "xlstm_enc", figur
             _write(exp_dir / "table.md", table_to_markdown(table))
             numbers.to_csv(exp_dir / "table.csv")
             first = exp_runs.iloc[0]
+            commits = ", ".join(sorted(set(exp_runs["commit"].dropna())))
             lines = [f"## {experiment} ({first['dataset']})", "",
                      f"Configuration `{first['configuration']}`, patch {first['patch_size']}, batch "
                      f"{first['batch_size']}, {first['epochs']} epochs x {first['iterations_per_epoch']} iterations "
-                     f"per run, split seed {first['split_seed']}, code {', '.join(sorted(set(exp_runs['commit'].dropna())))}.",
+                     f"per run, split seed {first['split_seed']}, code {commits}.",
                      "", table_to_markdown(table), _statement(numbers), ""]
             n_cases = int(numbers["n"].max())
             if n_cases <= _SMALL:
