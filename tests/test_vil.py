@@ -66,6 +66,25 @@ def test_chunkwise_float32_matches_parallel(S):
         assert err <= 1e-4 * scale, f"{name}: max abs error {err:.3e} > 1e-4 * max|ref| = {1e-4 * scale:.3e}"
 
 
+@pytest.mark.parametrize("dtype, gate", [(torch.float32, -100.0), (torch.float64, -800.0)])
+def test_chunkwise_gradients_stay_finite_when_a_row_weight_underflows(dtype, gate):
+    """A first token whose input gate is below -log(max float) (-88.7 in float32) has no weight above exp(gate), so
+    the normaliser's exp(-m) overflows. Its h is ~0 either way; the gradients must stay finite and match the
+    parallel form's in float64 (float32 case, where exp(100) is finite) or be finite (float64 case)."""
+    q, k, v, i, f = _qkvif(64, torch.float64)
+    i = i.clone()
+    i[..., 0] = gate
+    out = _value_and_grads([t.to(dtype) for t in (q, k, v, i, f)], "chunkwise", chunk_size=16)
+    for name, a in zip(["h", "dq", "dk", "dv", "di", "df"], out):
+        assert torch.isfinite(a).all(), f"{name} has non-finite values"
+    assert out[0][..., 0, :].abs().max() < 1e-30
+    if dtype == torch.float32:
+        ref = _value_and_grads([q, k, v, i, f], "parallel")
+        for name, a, b in zip(["h", "dq", "dk", "dv", "di", "df"], out, ref):
+            err, scale = (a - b).abs().max().item(), b.abs().max().item()
+            assert err <= 1e-4 * scale, f"{name}: max abs error {err:.3e} > 1e-4 * max|ref| = {1e-4 * scale:.3e}"
+
+
 @pytest.mark.parametrize("DH", [8, 16, 32, 64, 128])
 @pytest.mark.parametrize("S", [300, 1000])
 def test_chunkwise_default_chunking_equals_parallel(S, DH):

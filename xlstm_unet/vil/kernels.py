@@ -262,8 +262,30 @@ def _chunk_outputs(
     q_gated = q * (torch.exp(m_inter - m_comb) * scale)[..., None]  # (B, NH, NC, L, DH)
     num = q_gated @ C + (scores @ v) * scale  # (B, NH, NC, L, DHV)
     den = (q_gated @ n[..., None]).squeeze(-1) + scores.sum(-1) * scale  # (B, NH, NC, L)
-    den = torch.maximum(den.abs(), torch.exp(-m_comb))
+    # exp(-m_comb) overflows where every weight of a row is below exp(-88) (float32), e.g. a first token whose input
+    # gate is below -88; the forward value is still right (h ~ 0), but exp's backward then multiplies inf by 0 and
+    # turns every gradient into NaN. Capping the exponent at the largest one that does not overflow changes nothing
+    # else: below the cap the values are identical, and above it h stays ~0 (num / huge) with a zero gradient.
+    den = torch.maximum(den.abs(), torch.exp((-m_comb).clamp(max=_exp_limit(m_comb.dtype, m_comb.device.type))))
     return num * (den + eps).reciprocal()[..., None]  # not num / (den + eps): its backward takes 3 more full passes
+
+
+@lru_cache(maxsize=None)
+def _exp_limit(dtype: torch.dtype, device: str = "cpu") -> float:
+    """The largest x of ``dtype`` whose ``torch.exp`` on ``device`` is finite (88.72... in float32, 709.78... in
+    float64), checked on a vector as well as a scalar, since the vectorised exp may round differently at the
+    boundary."""
+
+    def finite(x: torch.Tensor) -> bool:
+        return bool(torch.isfinite(torch.exp(x.expand(4096).contiguous())).all() and torch.isfinite(torch.exp(x)))
+
+    x = torch.tensor(math.log(torch.finfo(dtype).max), dtype=dtype, device=device)
+    up, down = (torch.tensor(v, dtype=dtype, device=device) for v in (math.inf, -math.inf))
+    while not finite(x):
+        x = torch.nextafter(x, down)
+    while finite(torch.nextafter(x, up)):
+        x = torch.nextafter(x, up)
+    return x.item()
 
 
 def _chunkwise_native(
