@@ -427,7 +427,7 @@ def write_report(root: str | os.PathLike, *, reference: str = "xlstm_enc", figur
         shown = again.drop(columns=["study_commit", "rerun_commit"]).round(4)
         sections.append("\n".join([
             "## Reproduction", "",
-            "The same command run again, " + ("at the study's commit" if (again["study_commit"] == again[
+            "The same command run again, " + ("at the commit of the run it repeats" if (again["study_commit"] == again[
                 "rerun_commit"]).all() else "at another commit (both in `reproduction.csv`)")
             + f", results in `{rerun_root.name}/`: each re-run's scores beside the study's (`reproduction.csv`).", "",
             table_to_markdown(shown.set_index("experiment"))]))
