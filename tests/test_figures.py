@@ -168,7 +168,8 @@ def test_fig2_panel_writes_png_and_pdf(tmp_path: Path) -> None:
 
     data = demo_data("2d", num_cases=3, size=32)
     res = fig2_panel(data, tmp_path / "figs" / "fig2", cases=["synthetic_000", "synthetic_002"],
-                     methods=["synthetic_shifted", "synthetic_noisy"], dpi=60)
+                     methods=["synthetic_shifted", "synthetic_noisy"], dpi=60, labels={"synthetic_noisy": "Noisy"})
+    assert [ax.get_title() for ax in res.figure.axes[:4]] == ["image", "ground truth", "synthetic_shifted", "Noisy"]
     assert res.rows == 2 and res.columns == ("image", "ground truth", "synthetic_shifted", "synthetic_noisy")
     assert len(res.figure.axes) == 2 * 4
     png = np.asarray(Image.open(res.png).convert("RGB"), dtype=float)

@@ -89,6 +89,7 @@ def fig2_panel(
     dpi: int = 150,
     show_dice: bool = True,
     pdf: bool = True,
+    labels: Mapping[str, str] | None = None,
 ) -> Fig2Result:
     """A Fig. 2-style panel: one row per case, columns image | ground truth | each method, coloured overlays.
 
@@ -105,6 +106,7 @@ def fig2_panel(
         opacity: overlay opacity in [0, 1].
         show_dice: write each prediction's Dice for the case (mean over foreground labels) under its panel.
         pdf: also write ``<stem>.pdf`` (vector text, images embedded at full size).
+        labels: column titles for some methods (e.g. ``{"xlstm_enc": "xLSTM-UNet Enc"}``); default the names.
     Returns:
         :class:`Fig2Result` with the figure (closed for drawing; re-open with ``fig.savefig``) and the paths.
     """
@@ -132,7 +134,7 @@ def fig2_panel(
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(name, fontsize=9)
+                ax.set_title((labels or {}).get(name, name), fontsize=9)
             if c == 0:
                 ax.set_ylabel(case if view.index is None else f"{case}\n{axis} {view.index}", fontsize=8)
             if show_dice and c >= 2:

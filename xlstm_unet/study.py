@@ -360,7 +360,8 @@ def _fig2(exp_dir: Path, numbers: pd.DataFrame, runs: pd.DataFrame, raw: Path) -
     methods = list(numbers.index)
     data = ViewerData.from_results(results_dir, raw, methods=methods, cases=picks)
     # PNG only: the PDF embeds every image panel at full size, and the report is committed each time it changes
-    fig2_panel(data, exp_dir / "fig2_panel", cases=picks, methods=methods, pdf=False)
+    fig2_panel(data, exp_dir / "fig2_panel", cases=picks, methods=methods, pdf=False,
+               labels={m: _label(m) for m in methods})
     return exp_dir / "fig2_panel.png"
 
 
