@@ -115,6 +115,31 @@ def test_statement_names_differences_within_the_seed_spread():
     assert "one more seed" not in _statement(numbers)
 
 
+def test_too_few_cases_for_a_paired_test_rank_nothing():
+    from xlstm_unet.study import _min_testable_n, _min_wilcoxon_p, _statement, study_table
+
+    # the bound against scipy's exact test: every difference of one sign gives its smallest p-value
+    for n in (1, 2, 5, 6, 8):
+        d = np.arange(1.0, n + 1)
+        assert _min_wilcoxon_p(n) == pytest.approx(stats.wilcoxon(d, method="exact").pvalue if n > 1 else 1.0)
+    assert _min_testable_n(0.05) == 6
+    m = "f1"
+    numbers = pd.DataFrame({"seeds": [1, 1], "n": [2, 2], f"{m}_mean": [0.5, 0.8], f"{m}_std": [0.1, 0.1],
+                            f"{m}_median": [0.5, 0.8], f"{m}_seed_std": [0.0, 0.0], f"{m}_diff": [0.0, 0.3],
+                            f"{m}_ci_low": [np.nan, 0.2], f"{m}_ci_high": [np.nan, 0.4], f"{m}_p": [np.nan, 0.5],
+                            f"{m}_p_holm": [np.nan, 0.5], "train_cpu_h": [1.0, 1.0], "step_s": [np.nan] * 2},
+                           index=pd.Index(["xlstm_enc", "nnunet"], name="method"))
+    numbers.attrs.update(metrics=[m], reference="xlstm_enc")
+    text = _statement(numbers)
+    assert "2 test cases: too few for a paired test" in text and "fewer than 6 cases" in text
+    assert "Best" not in text and "significantly" not in text
+    row = study_table(numbers).loc["nnU-Net"]
+    assert row[f"{m} Δ vs xLSTM-UNet Enc [95% CI]"] == "+0.300" and row[f"{m} p (Holm)"] == "—"
+    numbers["n"] = 6
+    assert "Best mean f1: nnU-Net (0.800)." in _statement(numbers)
+    assert study_table(numbers).loc["nnU-Net", f"{m} Δ vs xLSTM-UNet Enc [95% CI]"] == "+0.300 [+0.200, +0.400]"
+
+
 def test_reproduction_compares_each_rerun_with_the_studys_own_run(study, tmp_path):
     from xlstm_unet.study import reproduction
 

@@ -54,6 +54,17 @@ _DEFAULT_METRICS = ("dice_mean", "nsd_mean")
 _SMALL = 10  # test sets up to this size also get a per-case table
 
 
+def _min_wilcoxon_p(n: int) -> float:
+    """The smallest two-sided p-value an exact Wilcoxon signed-rank test can give with ``n`` paired cases (every
+    difference of one sign): below ``alpha`` only from n = 6 on for alpha = 0.05. With fewer cases the table gives
+    no p-value and no CI, and its statement ranks nothing."""
+    return min(1.0, 2 * 0.5 ** n)
+
+
+def _min_testable_n(alpha: float = 0.05) -> int:
+    return next(n for n in range(1, 64) if _min_wilcoxon_p(n) < alpha)
+
+
 def _label(method: str) -> str:
     from xlstm_unet.nnunet.methods import METHODS
 
@@ -190,10 +201,11 @@ def _p(p: float) -> str:
     return "" if np.isnan(p) else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
-def study_table(numbers: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+def study_table(numbers: pd.DataFrame, digits: int = 3, alpha: float = 0.05) -> pd.DataFrame:
     """:func:`study_numbers` as strings, one column per quantity (markdown-ready). The training time is the CPU
     time, and the quiet step cost where measured; the wall-clock hours, which count a paused study's pauses, stay
-    in ``table.csv``."""
+    in ``table.csv``. Against a reference with too few cases for the paired test to reach ``alpha``
+    (:func:`_min_wilcoxon_p`) the table gives the mean difference alone."""
     ref = numbers.attrs["reference"]
     rows = {}
     for m, r in numbers.iterrows():
@@ -202,11 +214,12 @@ def study_table(numbers: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             row[f"{metric} mean ± std"] = f"{r[f'{metric}_mean']:.{digits}f} ± {r[f'{metric}_std']:.{digits}f}"
             row[f"{metric} median"] = f"{r[f'{metric}_median']:.{digits}f}"
             row[f"{metric} seed spread"] = (f"± {r[f'{metric}_seed_std']:.{digits}f}" if r["seeds"] > 1 else "—")
+            testable = _min_wilcoxon_p(int(r["n"])) < alpha
             row[f"{metric} Δ vs {_label(ref)} [95% CI]"] = "ref" if m == ref else (
-                f"{r[f'{metric}_diff']:+.{digits}f} [{r[f'{metric}_ci_low']:+.{digits}f}, "
-                f"{r[f'{metric}_ci_high']:+.{digits}f}]")
-            row[f"{metric} p (Holm)"] = "ref" if m == ref else \
-                f"{_p(r[f'{metric}_p'])} ({_p(r[f'{metric}_p_holm'])})"
+                f"{r[f'{metric}_diff']:+.{digits}f}" + (f" [{r[f'{metric}_ci_low']:+.{digits}f}, "
+                                                         f"{r[f'{metric}_ci_high']:+.{digits}f}]" if testable else ""))
+            row[f"{metric} p (Holm)"] = "ref" if m == ref else (
+                f"{_p(r[f'{metric}_p'])} ({_p(r[f'{metric}_p_holm'])})" if testable else "—")
         row["train h (CPU)"] = f"{r['train_cpu_h']:.2f}"
         if numbers["step_s"].notna().any():
             row["s/step (quiet)"] = "" if np.isnan(r["step_s"]) else f"{r['step_s']:.2f}"
@@ -218,10 +231,17 @@ def _statement(numbers: pd.DataFrame, alpha: float = 0.05) -> str:
     """What the table shows, in words generated from its numbers (the lead metric)."""
     metric, ref = numbers.attrs["metrics"][0], numbers.attrs["reference"]
     lower_better = metric.startswith("hd95")
-    best = numbers[f"{metric}_mean"].idxmin() if lower_better else numbers[f"{metric}_mean"].idxmax()
-    lines = [f"- Best mean {metric}: {_label(best)} ({numbers.loc[best, f'{metric}_mean']:.3f})."]
     others = numbers.drop(index=ref)
-    if len(others) and numbers.loc[ref, "n"] >= 2:
+    n = int(numbers.loc[ref, "n"])
+    if _min_wilcoxon_p(n) >= alpha:
+        lines = [f"- {n} test case{'s' if n != 1 else ''}: too few for a paired test (an exact two-sided Wilcoxon "
+                 f"test cannot reach p < {alpha} with fewer than {_min_testable_n(alpha)} cases). The numbers show "
+                 "that the path runs end to end; they do not rank the methods."]
+        others = others.iloc[:0]
+    else:
+        best = numbers[f"{metric}_mean"].idxmin() if lower_better else numbers[f"{metric}_mean"].idxmax()
+        lines = [f"- Best mean {metric}: {_label(best)} ({numbers.loc[best, f'{metric}_mean']:.3f})."]
+    if len(others):
         sig = others[others[f"{metric}_p_holm"] < alpha]
         better = [m for m in sig.index if (sig.loc[m, f"{metric}_diff"] > 0) != lower_better]
         worse = [m for m in sig.index if m not in better]
