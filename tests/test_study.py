@@ -94,7 +94,14 @@ def test_quiet_step_cost_from_a_benchmark_of_the_experiments_own_plans(study):
     assert nums.attrs["step_cost_file"] == "d_budget.json"
     assert nums.loc["nnunet", "step_s"] == 0.9 and np.isnan(nums.loc["unetr", "step_s"])  # unetr: no row
     assert nums.loc["xlstm_enc", "step_h"] == pytest.approx(2.0 * 2 / 3600)  # 2 epochs x 1 iteration
-    assert study_table(nums)["s/step (quiet)"].to_dict() == {"nnU-Net": "0.90", "UNETR": "", "xLSTM-UNet Enc": "2.00"}
+    table = study_table(nums)
+    assert table["s/step (quiet)"].to_dict() == {"nnU-Net": "0.90", "UNETR": "", "xLSTM-UNet Enc": "2.00"}
+    assert "train h (CPU)" in table and "train h (quiet)" not in table  # UNETR has no step cost
+    both = nums.drop(index="unetr")  # every method has a step cost: the quiet hours replace the CPU hours
+    both["step_h"] = both["step_s"] * 1000 / 3600  # as for a 1000-step run
+    table = study_table(both)
+    assert table["train h (quiet)"].to_dict() == {"nnU-Net": "0.25", "xLSTM-UNet Enc": "0.56"}
+    assert "train h (CPU)" not in table
 
 
 def test_statement_names_differences_within_the_seed_spread():

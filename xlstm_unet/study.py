@@ -202,11 +202,13 @@ def _p(p: float) -> str:
 
 
 def study_table(numbers: pd.DataFrame, digits: int = 3, alpha: float = 0.05) -> pd.DataFrame:
-    """:func:`study_numbers` as strings, one column per quantity (markdown-ready). The training time is the CPU
-    time, and the quiet step cost where measured; the wall-clock hours, which count a paused study's pauses, stay
-    in ``table.csv``. Against a reference with too few cases for the paired test to reach ``alpha``
+    """:func:`study_numbers` as strings, one column per quantity (markdown-ready). The training time is the quiet
+    step cost x the run's steps when every method has a step cost (one quiet benchmark run), else the runs' median
+    CPU time. The runs' own wall-clock and CPU hours stay in ``table.csv``: they count a paused study's pauses, the
+    other work of a shared machine, and the speed of whichever machine a sitting ran on. Against a reference with too few cases for the paired test to reach ``alpha``
     (:func:`_min_wilcoxon_p`) the table gives the mean difference alone."""
     ref = numbers.attrs["reference"]
+    quiet = "step_h" in numbers and bool(numbers["step_h"].notna().all())
     rows = {}
     for m, r in numbers.iterrows():
         row = {"method": _label(m), "seeds": int(r["seeds"]), "n": int(r["n"])}
@@ -220,7 +222,10 @@ def study_table(numbers: pd.DataFrame, digits: int = 3, alpha: float = 0.05) -> 
                                                          f"{r[f'{metric}_ci_high']:+.{digits}f}]" if testable else ""))
             row[f"{metric} p (Holm)"] = "ref" if m == ref else (
                 f"{_p(r[f'{metric}_p'])} ({_p(r[f'{metric}_p_holm'])})" if testable else "—")
-        row["train h (CPU)"] = f"{r['train_cpu_h']:.2f}"
+        if quiet:
+            row["train h (quiet)"] = f"{r['step_h']:.2f}"
+        else:
+            row["train h (CPU)"] = f"{r['train_cpu_h']:.2f}"
         if numbers["step_s"].notna().any():
             row["s/step (quiet)"] = "" if np.isnan(r["step_s"]) else f"{r['step_s']:.2f}"
         rows[m] = row
