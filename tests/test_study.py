@@ -193,6 +193,20 @@ def test_tables_command_regenerates_tables_and_readme(study, capsys):
     assert pd.read_csv(root / "reproduction.csv")[["method", "same_cases"]].values.tolist() == [["unetr", 12]]
 
 
+def test_experiments_appear_in_the_order_the_study_ran_them(study):
+    root, _ = study
+    shutil.copytree(root / "phantom", root / "aaa_later")  # alphabetically first, finished later
+    for exp, day in (("phantom", "01"), ("aaa_later", "02")):
+        for run_file in (root / exp).glob("*/*/seed*/run.json"):
+            run = json.loads(run_file.read_text())
+            run["finished"] = f"2026-12-{day}T10:00:00+0000"
+            run_file.write_text(json.dumps(run))
+    assert main(["tables", str(root), "--no-figures", "--n-boot", "200"]) == 0
+    readme = (root / "README.md").read_text()
+    assert readme.index("## phantom (") < readme.index("## aaa_later (")
+    assert "\n\n## aaa_later (" in readme  # a blank line before each section
+
+
 @pytest.mark.slow
 def test_tables_figures_with_the_raw_images(study, nnunet_root, tmp_path):
     from xlstm_unet.datasets import convert
