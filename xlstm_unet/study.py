@@ -207,8 +207,8 @@ def study_table(numbers: pd.DataFrame, digits: int = 3, alpha: float = 0.05) -> 
     """:func:`study_numbers` as strings, one column per quantity (markdown-ready). The training time is the quiet
     step cost x the run's steps when every method has a step cost (one quiet benchmark run), else the runs' median
     CPU time. The runs' own wall-clock and CPU hours stay in ``table.csv``: they count a paused study's pauses, the
-    other work of a shared machine, and the speed of whichever machine a sitting ran on. Against a reference with too few cases for the paired test to reach ``alpha``
-    (:func:`_min_wilcoxon_p`) the table gives the mean difference alone."""
+    other work of a shared machine, and the speed of whichever machine a sitting ran on. With too few cases for the
+    paired test to reach ``alpha`` (:func:`_min_wilcoxon_p`) the table gives the mean difference alone."""
     ref = numbers.attrs["reference"]
     quiet = "step_h" in numbers and bool(numbers["step_h"].notna().all())
     rows = {}
