@@ -172,6 +172,7 @@ def test_fig2_panel_writes_png_and_pdf(tmp_path: Path) -> None:
     assert [ax.get_title() for ax in res.figure.axes[:4]] == ["image", "ground truth", "synthetic_shifted", "Noisy"]
     assert res.rows == 2 and res.columns == ("image", "ground truth", "synthetic_shifted", "synthetic_noisy")
     assert len(res.figure.axes) == 2 * 4
+    assert res.figure.axes[2].get_xlabel() == f"Dice {data.dice('synthetic_000', 'synthetic_shifted'):.3f}"
     png = np.asarray(Image.open(res.png).convert("RGB"), dtype=float)
     assert png.std() > 10
     assert png.shape[1] > png.shape[0]  # 4 columns, 2 rows: wider than tall
@@ -182,6 +183,9 @@ def test_fig2_panel_writes_png_and_pdf(tmp_path: Path) -> None:
     assert "coronal 5" in res3.figure.axes[0].get_ylabel()
     with pytest.raises(ValueError, match="unknown methods"):
         fig2_panel(data, tmp_path / "x", methods=["nope"])
+    res = fig2_panel(data, tmp_path / "f1", cases=["synthetic_000"], methods=["synthetic_shifted", "synthetic_noisy"],
+                     dpi=40, pdf=False, scores={"synthetic_shifted": {"synthetic_000": 0.25}}, score_name="F1")
+    assert [ax.get_xlabel() for ax in res.figure.axes[2:4]] == ["F1 0.250", "F1 n/a"]
 
 
 # ------------------------------------------------------------------------------------------ efficiency

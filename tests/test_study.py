@@ -142,6 +142,9 @@ def test_too_few_cases_for_a_paired_test_rank_nothing():
     assert "Best" not in text and "significantly" not in text
     row = study_table(numbers).loc["nnU-Net"]
     assert row[f"{m} Δ vs xLSTM-UNet Enc [95% CI]"] == "+0.300" and row[f"{m} p (Holm)"] == "—"
+    assert row[f"{m} mean ± std"] == "0.800 ± 0.100"
+    numbers["n"] = 1  # one case: no spread to show
+    assert study_table(numbers).loc["nnU-Net", f"{m} mean ± std"] == "0.800"
     numbers["n"] = 6
     assert "Best mean f1: nnU-Net (0.800)." in _statement(numbers)
     assert study_table(numbers).loc["nnU-Net", f"{m} Δ vs xLSTM-UNet Enc [95% CI]"] == "+0.300 [+0.200, +0.400]"
@@ -208,10 +211,14 @@ def test_experiments_appear_in_the_order_the_study_ran_them(study):
 
 
 @pytest.mark.slow
-def test_tables_figures_with_the_raw_images(study, nnunet_root, tmp_path):
+def test_tables_figures_with_the_raw_images(study, nnunet_root, tmp_path, monkeypatch):
+    from xlstm_unet import figures
     from xlstm_unet.datasets import convert
 
-    root, _ = study
+    root, scores = study
+    panels = []
+    monkeypatch.setattr(figures, "fig2_panel", lambda *a, _f=figures.fig2_panel, **k: panels.append(_f(*a, **k))
+                        or panels[-1])
     raw = convert("phantom2d", out_root=tmp_path / "raw", dataset_id=901, n_train=8, n_test=12, shape=(64, 64),
                   progress=False)
     for seed_dir in sorted((root / "phantom" / DATASET).glob("*/seed*")):  # predictions: the ground truth itself
@@ -221,6 +228,12 @@ def test_tables_figures_with_the_raw_images(study, nnunet_root, tmp_path):
     for name in ("fig2_panel.png", "training_curves.png", "score_vs_time.png"):
         assert (root / "phantom" / name).stat().st_size > 1000
     assert not (root / "phantom" / "fig2_panel.pdf").exists()  # the committed report keeps the image panel as PNG
+    # under each prediction: the shown run's (lowest seed's) score of the table's metric, not a recomputed Dice
+    (panel,) = panels
+    case = panel.figure.axes[0].get_ylabel()
+    titles = [ax.get_title() for ax in panel.figure.axes[:len(panel.columns)]]
+    nnunet = panel.figure.axes[titles.index("nnU-Net")]
+    assert nnunet.get_xlabel() == f"DSC {scores[('nnunet', 0)][case]:.3f}"
     assert "fig2_panel.png" in (root / "README.md").read_text()
 
 
@@ -253,3 +266,15 @@ def test_accuracy_against_cost_joins_the_study_with_the_benchmark(study, tmp_pat
     assert (out / "accuracy_vs_cost_phantom.png").stat().st_size > 5000
     assert (out / "accuracy_vs_cost_phantom.csv").is_file()
     assert accuracy_cost_report(tmp_path / "nothing", tmp_path / "bench.json") == {}
+
+
+def test_small_sets_get_a_per_case_table_averaged_over_seeds(tmp_path):
+    _seed_run(tmp_path, "xlstm_enc", 0, {"a": 0.5, "b": 0.8}, 10.0)
+    _seed_run(tmp_path, "nnunet", 0, {"a": 0.6, "b": 0.9}, 10.0)
+    _seed_run(tmp_path, "nnunet", 1, {"a": 0.7, "b": 0.7}, 10.0)
+    assert main(["tables", str(tmp_path), "--no-figures", "--n-boot", "100"]) == 0
+    per_case = pd.read_csv(tmp_path / "phantom" / "per_case.csv", index_col="case")
+    assert per_case.loc["a", "nnU-Net"] == pytest.approx(0.65) and per_case.loc["b", "nnU-Net"] == pytest.approx(0.8)
+    md = (tmp_path / "phantom" / "per_case.md").read_text()
+    assert "| a | 0.650 | 0.500 |" in md and "| b | 0.800 | 0.800 |" in md
+    assert md in (tmp_path / "README.md").read_text()

@@ -90,6 +90,8 @@ def fig2_panel(
     show_dice: bool = True,
     pdf: bool = True,
     labels: Mapping[str, str] | None = None,
+    scores: Mapping[str, Mapping[str, float]] | None = None,
+    score_name: str = "Dice",
 ) -> Fig2Result:
     """A Fig. 2-style panel: one row per case, columns image | ground truth | each method, coloured overlays.
 
@@ -107,6 +109,8 @@ def fig2_panel(
         show_dice: write each prediction's Dice for the case (mean over foreground labels) under its panel.
         pdf: also write ``<stem>.pdf`` (vector text, images embedded at full size).
         labels: column titles for some methods (e.g. ``{"xlstm_enc": "xLSTM-UNet Enc"}``); default the names.
+        scores: ``{method: {case: value}}`` written under the panels instead of the computed Dice (e.g. the
+            per-case scores of a results table), labelled ``score_name``; a method or case without one shows n/a.
     Returns:
         :class:`Fig2Result` with the figure (closed for drawing; re-open with ``fig.savefig``) and the paths.
     """
@@ -138,8 +142,8 @@ def fig2_panel(
             if c == 0:
                 ax.set_ylabel(case if view.index is None else f"{case}\n{axis} {view.index}", fontsize=8)
             if show_dice and c >= 2:
-                d = data.dice(case, name)
-                ax.set_xlabel("Dice n/a" if math.isnan(d) else f"Dice {d:.3f}", fontsize=8)
+                d = data.dice(case, name) if scores is None else float(scores.get(name, {}).get(case, math.nan))
+                ax.set_xlabel(f"{score_name} n/a" if math.isnan(d) else f"{score_name} {d:.3f}", fontsize=8)
     handles = [
         Patch(color=label_colors(data.num_classes)[k], label=data.label_name(k)) for k in range(1, data.num_classes)
     ]

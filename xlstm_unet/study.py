@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 #: The metric each evaluation protocol's study table leads with, and the others it shows.
 PROTOCOL_METRICS: dict[str, tuple[str, ...]] = {"cells": ("f1",), "brats": ("dice_mean", "hd95_mean")}
 _DEFAULT_METRICS = ("dice_mean", "nsd_mean")
+_METRIC_LABELS = {"dice_mean": "DSC", "nsd_mean": "NSD", "f1": "F1", "hd95_mean": "HD95"}
 _SMALL = 10  # test sets up to this size also get a per-case table
 
 
@@ -215,7 +216,8 @@ def study_table(numbers: pd.DataFrame, digits: int = 3, alpha: float = 0.05) -> 
     for m, r in numbers.iterrows():
         row = {"method": _label(m), "seeds": int(r["seeds"]), "n": int(r["n"])}
         for metric in numbers.attrs["metrics"]:
-            row[f"{metric} mean ± std"] = f"{r[f'{metric}_mean']:.{digits}f} ± {r[f'{metric}_std']:.{digits}f}"
+            mean = f"{r[f'{metric}_mean']:.{digits}f}"  # one case has no spread to show
+            row[f"{metric} mean ± std"] = mean if r["n"] < 2 else f"{mean} ± {r[f'{metric}_std']:.{digits}f}"
             row[f"{metric} median"] = f"{r[f'{metric}_median']:.{digits}f}"
             row[f"{metric} seed spread"] = (f"± {r[f'{metric}_seed_std']:.{digits}f}" if r["seeds"] > 1 else "—")
             testable = _min_wilcoxon_p(int(r["n"])) < alpha
@@ -378,6 +380,7 @@ def _raw_dataset(runs: pd.DataFrame, raw_root: Path | None, tmp: Path) -> Path |
 def _fig2(exp_dir: Path, numbers: pd.DataFrame, runs: pd.DataFrame, raw: Path) -> Path:
     from xlstm_unet.figures import fig2_panel
     from xlstm_unet.viewer import ViewerData
+    from xlstm_unet.viewer_data import prediction_dir
 
     ref, metric = numbers.attrs["reference"], numbers.attrs["metrics"][0]
     scores, _ = seed_averaged(runs[runs["method"] == ref]["dir"].tolist())
@@ -386,9 +389,12 @@ def _fig2(exp_dir: Path, numbers: pd.DataFrame, runs: pd.DataFrame, raw: Path) -
     results_dir = Path(runs["dir"].iloc[0]).parents[1]
     methods = list(numbers.index)
     data = ViewerData.from_results(results_dir, raw, methods=methods, cases=picks)
+    # each panel is one run's prediction (the lowest seed's): write that run's score of the table's metric under it
+    shown = {m: pd.read_csv(prediction_dir(results_dir / m).parent / "per_case.csv") for m in methods}
+    shown = {m: dict(zip(f["case"].astype(str), f[metric])) for m, f in shown.items()}
     # PNG only: the PDF embeds every image panel at full size, and the report is committed each time it changes
     fig2_panel(data, exp_dir / "fig2_panel", cases=picks, methods=methods, pdf=False,
-               labels={m: _label(m) for m in methods})
+               labels={m: _label(m) for m in methods}, scores=shown, score_name=_METRIC_LABELS.get(metric, metric))
     return exp_dir / "fig2_panel.png"
 
 
@@ -436,8 +442,9 @@ def write_report(root: str | os.PathLike, *, reference: str = "xlstm_enc", figur
                                                                    .tolist())[0][metric] for m in numbers.index})
                 per_case.index.name = "case"
                 per_case.to_csv(exp_dir / "per_case.csv")
-                _write(exp_dir / "per_case.md", table_to_markdown(per_case.round(3)))
-                lines += [f"Per case ({metric}, averaged over seeds):", "", table_to_markdown(per_case.round(3))]
+                per_case_md = table_to_markdown(per_case.map(lambda v: f"{v:.3f}"))
+                _write(exp_dir / "per_case.md", per_case_md)
+                lines += [f"Per case ({metric}, averaged over seeds):", "", per_case_md]
             if figures:
                 results_dir = Path(exp_runs["dir"].iloc[0]).parents[1]
                 plot_training_curves(results_dir, list(numbers.index), exp_dir / "training_curves")
