@@ -192,8 +192,16 @@ def test_tables_command_regenerates_tables_and_readme(study, capsys):
     shutil.copytree(root / "phantom" / DATASET / "unetr" / "seed0",
                     root.parent / f"{root.name}_rerun" / "phantom" / DATASET / "unetr" / "seed0")
     assert main(["tables", str(root), "--no-figures", "--n-boot", "500"]) == 0
-    assert "## Reproduction" in (root / "README.md").read_text()
+    readme = (root / "README.md").read_text()
+    assert "## Reproduction" in readme and "at the commit of the run it repeats" in readme
     assert pd.read_csv(root / "reproduction.csv")[["method", "same_cases"]].values.tolist() == [["unetr", 12]]
+    run_json = root.parent / f"{root.name}_rerun" / "phantom" / DATASET / "unetr" / "seed0" / "run.json"
+    run = json.loads(run_json.read_text())
+    run["code"]["commit"] = "0123456789abcdef"  # a re-run at a later commit
+    run_json.write_text(json.dumps(run))
+    assert main(["tables", str(root), "--no-figures", "--n-boot", "500"]) == 0
+    readme = (root / "README.md").read_text()
+    assert "each at the commit in its `rerun_commit` column" in readme and "| abc | 0123456 |" in readme
 
 
 def test_experiments_appear_in_the_order_the_study_ran_them(study):

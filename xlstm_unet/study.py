@@ -461,11 +461,14 @@ def write_report(root: str | os.PathLike, *, reference: str = "xlstm_enc", figur
     again = reproduction(root, rerun_root) if rerun_root.is_dir() else pd.DataFrame()
     if len(again):
         again.round(4).to_csv(root / "reproduction.csv", index=False)
-        shown = again.drop(columns=["study_commit", "rerun_commit"]).round(4)
+        shown = again.round(4)
+        for col in ("study_commit", "rerun_commit"):
+            shown[col] = shown[col].fillna("").astype(str).str[:7]
+        same = (again["study_commit"] == again["rerun_commit"]).all()
         sections.append("\n".join([
             "## Reproduction", "",
-            "The same command run again, " + ("at the commit of the run it repeats" if (again["study_commit"] == again[
-                "rerun_commit"]).all() else "at another commit (both in `reproduction.csv`)")
+            "The same command run again, " + ("at the commit of the run it repeats" if same else
+                                              "each at the commit in its `rerun_commit` column")
             + f", results in `{rerun_root.name}/`: each re-run's scores beside the study's (`reproduction.csv`).", "",
             table_to_markdown(shown.set_index("experiment"))]))
     readme = ["# Results (generated)", "",
